@@ -1,0 +1,36 @@
+# Two commands do everything: `make run` (the main job) and `make test`.
+# Both build .venv from requirements.txt first when it is missing or older than it.
+PYTHON  ?= $(shell command -v python3.11 || command -v python3)
+VENV    := .venv
+STAMP   := $(VENV)/.installed
+# Datasets: $DATA_DIR, else the workplace's pre-downloaded copy when present, else ./data
+# (downloaded there on first use; offline, each project falls back to labelled stand-in data).
+DATA_DIR ?= $(firstword $(wildcard ../shared/data) data)
+PROFILE  ?= full
+PROJECTS ?=
+
+.PHONY: run test venv clean-venv help
+
+help:
+	@echo "make run   [PROFILE=quick|full] [PROJECTS='bike_sharing_autogluon ...'] [DATA_DIR=...]"
+	@echo "           run the notebooks headless, write reports/, regenerate the README report"
+	@echo "make test  [PYTEST_ARGS=...]   run the test suite"
+	@echo "make venv  build .venv from requirements.txt (both targets do this when needed)"
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install -r requirements.txt
+	$(VENV)/bin/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	DATA_DIR=$(DATA_DIR) $(VENV)/bin/python -m common.run --profile $(PROFILE) $(PROJECTS)
+
+test: $(STAMP)
+	DATA_DIR=$(DATA_DIR) MPLBACKEND=Agg $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,291 @@
+"""Kaggle "Bike Sharing Demand" files: find them, check them, or derive them.
+
+Sources, in order of preference (`load`):
+1. `DATA_DIR/bike_sharing/{train,test,sampleSubmission}.csv` (the competition files).
+2. The Kaggle API, when credentials exist (`~/.kaggle/kaggle.json` or KAGGLE_USERNAME/KAGGLE_KEY).
+3. The UCI Bike Sharing Dataset (public, no account): Kaggle's files are derived from its
+   `hour.csv` byte for byte, and it also holds the true counts of the test hours.
+4. Offline, nothing in DATA_DIR: the 2011 half of the same UCI data that the ISLP package
+   ships, in the same layout. This is a *stand-in*: labelled so everywhere it shows.
+
+The true counts of Kaggle's test hours (for a local, Kaggle-equivalent RMSLE) come from the
+UCI `hour.csv` when it is in DATA_DIR or downloadable; else from ISLP, which covers 2011 only.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from common.downloads import DownloadError, fetch
+
+log = logging.getLogger(__name__)
+
+COMPETITION = "bike-sharing-demand"
+UCI_URL = "https://archive.ics.uci.edu/static/public/275/bike+sharing+dataset.zip"
+FEATURES = ["datetime", "season", "holiday", "workingday", "weather", "temp", "atemp", "humidity", "windspeed"]
+TARGETS = ["casual", "registered", "count"]
+COLUMNS = {
+    "train.csv": FEATURES + TARGETS,
+    "test.csv": FEATURES,
+    "sampleSubmission.csv": ["datetime", "count"],
+}
+# UCI stores weather normalised to [0, 1]; Kaggle de-normalised it with these factors.
+SCALES = {"temp": 41, "atemp": 50, "humidity": 100, "windspeed": 67}
+UCI_COLUMNS = ["dteday", "hr", "season", "holiday", "workingday", "weathersit",
+               "temp", "atemp", "hum", "windspeed", "casual", "registered", "cnt"]
+
+
+@dataclass
+class BikeData:
+    train: pd.DataFrame
+    test: pd.DataFrame
+    sample_submission: pd.DataFrame
+    source: str
+    stand_in: bool
+    truth: pd.Series | None  # true `count` of test hours, indexed by datetime (may cover part of test)
+    truth_source: str = ""
+
+
+# --------------------------------------------------------------------------- reading + checks
+
+def read_kaggle_csv(path: str | os.PathLike, name: str | None = None) -> pd.DataFrame:
+    """Read one competition file and check it: columns, types, missing values.
+
+    Every problem raises ValueError naming the file and the column (and the first bad row).
+    """
+    path = Path(path)
+    name = name or path.name
+    if name not in COLUMNS:
+        raise ValueError(f"{path}: unknown competition file {name!r}; expected one of {list(COLUMNS)}")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): re-download it")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a readable CSV: {err}") from None
+    return check_frame(frame, name, str(path))
+
+
+def check_frame(frame: pd.DataFrame, name: str, where: str) -> pd.DataFrame:
+    """Validate string-typed CSV content and convert it to proper dtypes."""
+    expected = COLUMNS[name]
+    missing = [c for c in expected if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{where}: missing column(s) {missing}; found {list(frame.columns)}")
+    if frame.empty:
+        raise ValueError(f"{where}: has a header but no rows")
+    frame = frame[expected].copy()
+    for column in expected:
+        raw = frame[column].astype(str).str.strip()
+        blank = raw.eq("") | raw.str.lower().eq("nan")
+        if blank.any():
+            row = int(blank.to_numpy().nonzero()[0][0]) + 2  # +1 header, +1 one-based
+            raise ValueError(f"{where}: column {column!r} has {int(blank.sum())} empty value(s), "
+                             f"first on line {row} (truncated file?)")
+        if column == "datetime":
+            parsed = pd.to_datetime(raw, format="%Y-%m-%d %H:%M:%S", errors="coerce")
+        else:
+            parsed = pd.to_numeric(raw, errors="coerce")
+        bad = parsed.isna()
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            kind = "a datetime like 2011-01-20 00:00:00" if column == "datetime" else "a number"
+            raise ValueError(f"{where}: column {column!r} line {row + 2} has {raw.iloc[row]!r}, expected {kind}")
+        frame[column] = parsed
+    return frame
+
+
+def check_alignment(test: pd.DataFrame, sample: pd.DataFrame, where: str = "test.csv / sampleSubmission.csv") -> None:
+    """Kaggle scores a submission row by row, so test and sample submission must list the same hours."""
+    if len(test) != len(sample):
+        raise ValueError(f"{where}: test has {len(test)} rows but the sample submission has {len(sample)}")
+    differs = (test["datetime"].to_numpy() != sample["datetime"].to_numpy()).nonzero()[0]
+    if len(differs):
+        i = int(differs[0])
+        raise ValueError(f"{where}: column 'datetime' differs on line {i + 2}: "
+                         f"{test['datetime'].iloc[i]} vs {sample['datetime'].iloc[i]}")
+
+
+def read_kaggle_dir(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    train, test, sample = (read_kaggle_csv(folder / name) for name in COLUMNS)
+    check_alignment(test, sample, f"{folder / 'test.csv'} vs {folder / 'sampleSubmission.csv'}")
+    return train, test, sample
+
+
+# --------------------------------------------------------------------------- UCI -> Kaggle
+
+def _number(value: float) -> str:
+    """Kaggle's number formatting: at most 4 decimals, no trailing zeros (9.84, 14.395, 0)."""
+    return f"{round(value, 4):g}"
+
+
+def kaggle_files_from_uci(hour: pd.DataFrame) -> dict[str, str]:
+    """Derive Kaggle's train.csv, test.csv and sampleSubmission.csv (as text) from UCI's hour.csv.
+
+    Train is days 1-19 of each month, test day 20 to month end, as the competition did.
+    """
+    missing = [c for c in UCI_COLUMNS if c not in hour.columns]
+    if missing:
+        raise ValueError(f"hour.csv: missing column(s) {missing}")
+    stamp = pd.to_datetime(hour["dteday"]) + pd.to_timedelta(hour["hr"].astype(int), unit="h")
+    out = pd.DataFrame({
+        "datetime": stamp.dt.strftime("%Y-%m-%d %H:%M:%S"),
+        "season": hour["season"].astype(int).astype(str),
+        "holiday": hour["holiday"].astype(int).astype(str),
+        "workingday": hour["workingday"].astype(int).astype(str),
+        "weather": hour["weathersit"].astype(int).astype(str),
+        "temp": [_number(v * SCALES["temp"]) for v in hour["temp"]],
+        "atemp": [_number(v * SCALES["atemp"]) for v in hour["atemp"]],
+        "humidity": [_number(v * SCALES["humidity"]) for v in hour["hum"]],
+        "windspeed": [_number(v * SCALES["windspeed"]) for v in hour["windspeed"]],
+        "casual": hour["casual"].astype(int).astype(str),
+        "registered": hour["registered"].astype(int).astype(str),
+        "count": hour["cnt"].astype(int).astype(str),
+    })
+    in_train = stamp.dt.day <= 19
+    texts = {
+        "train.csv": out.loc[in_train, COLUMNS["train.csv"]],
+        "test.csv": out.loc[~in_train, COLUMNS["test.csv"]],
+        "sampleSubmission.csv": out.loc[~in_train, ["datetime"]].assign(count="0"),
+    }
+    return {name: frame.to_csv(index=False, lineterminator="\n") for name, frame in texts.items()}
+
+
+def truth_from_uci(hour: pd.DataFrame) -> pd.Series:
+    """True hourly counts of the test period (day >= 20), indexed by datetime."""
+    stamp = pd.to_datetime(hour["dteday"]) + pd.to_timedelta(hour["hr"].astype(int), unit="h")
+    counts = pd.Series(hour["cnt"].astype(int).to_numpy(), index=pd.DatetimeIndex(stamp, name="datetime"), name="count")
+    return counts[counts.index.day >= 20]
+
+
+def read_uci_hour(zip_or_csv: Path) -> pd.DataFrame:
+    """UCI's hour.csv, from the downloaded zip or an extracted copy."""
+    if zip_or_csv.suffix == ".zip":
+        with zipfile.ZipFile(zip_or_csv) as archive:
+            return pd.read_csv(io.BytesIO(archive.read("hour.csv")))
+    return pd.read_csv(zip_or_csv)
+
+
+def islp_as_uci_hour() -> pd.DataFrame:
+    """ISLP's `Bikeshare` (UCI hourly data, 2011 only) back in UCI's hour.csv layout."""
+    from ISLP import load_data
+
+    bike = load_data("Bikeshare")
+    weather_codes = {"clear": 1, "cloudy/misty": 2, "light rain/snow": 3, "heavy rain/snow": 4}
+    day_of_year = bike["day"].astype(int)  # ISLP's `day` counts days from 1 January 2011
+    return pd.DataFrame({
+        "dteday": (pd.Timestamp("2011-01-01") + pd.to_timedelta(day_of_year - 1, unit="D")).dt.strftime("%Y-%m-%d"),
+        "hr": bike["hr"].astype(int),
+        "season": bike["season"].astype(int),
+        "holiday": bike["holiday"].astype(int),
+        "workingday": bike["workingday"].astype(int),
+        "weathersit": bike["weathersit"].astype(str).map(weather_codes),
+        "temp": bike["temp"], "atemp": bike["atemp"], "hum": bike["hum"], "windspeed": bike["windspeed"],
+        "casual": bike["casual"], "registered": bike["registered"], "cnt": bike["bikers"],
+    })
+
+
+# --------------------------------------------------------------------------- sources
+
+def kaggle_credentials_available() -> bool:
+    return bool(os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")) or (
+        Path.home() / ".kaggle" / "kaggle.json").exists()
+
+
+def download_from_kaggle(folder: Path) -> None:
+    """`kaggle competitions download -c bike-sharing-demand` into `folder` (needs credentials
+    and the competition's rules accepted on kaggle.com)."""
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    api = KaggleApi()
+    api.authenticate()
+    folder.mkdir(parents=True, exist_ok=True)
+    api.competition_download_files(COMPETITION, path=str(folder), quiet=False)
+    with zipfile.ZipFile(folder / f"{COMPETITION}.zip") as archive:
+        archive.extractall(folder)
+
+
+def uci_hour_file(data_dir: Path) -> Path | None:
+    """UCI's hour.csv from DATA_DIR, else downloaded (cached) there; None when offline."""
+    folder = data_dir / "bike_sharing"
+    for candidate in (folder / "hour.csv", folder / "bike+sharing+dataset.zip"):
+        if candidate.exists():
+            return candidate
+    try:
+        return fetch(UCI_URL, folder, filename="bike+sharing+dataset.zip", what="UCI Bike Sharing Dataset")
+    except DownloadError as err:
+        log.warning("%s", err)
+        return None
+
+
+def write_kaggle_files(texts: dict[str, str], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in texts.items():
+        tmp = folder / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, folder / name)
+
+
+def load(data_dir: str | os.PathLike, *, allow_network: bool = True) -> BikeData:
+    """The competition files and, where available, the true test counts (see module doc)."""
+    folder = Path(data_dir) / "bike_sharing"
+    have_files = all((folder / name).exists() for name in COLUMNS)
+    source = f"Kaggle competition files from {folder}"
+    if not have_files and allow_network and kaggle_credentials_available():
+        download_from_kaggle(folder)
+        have_files, source = True, "Kaggle competition files (downloaded with the Kaggle API)"
+    uci = uci_hour_file(Path(data_dir)) if allow_network or (folder / "hour.csv").exists() else None
+    if not have_files and uci is not None:
+        write_kaggle_files(kaggle_files_from_uci(read_uci_hour(uci)), folder)
+        have_files, source = True, f"Kaggle files derived from the UCI Bike Sharing Dataset ({uci.name})"
+    if have_files:
+        train, test, sample = read_kaggle_dir(folder)
+        if uci is not None:
+            return BikeData(train, test, sample, source, False, truth_from_uci(read_uci_hour(uci)),
+                            "UCI hour.csv (all test hours)")
+        truth = _islp_truth()
+        return BikeData(train, test, sample, source, False, truth,
+                        "UCI data as shipped by ISLP (the 2011 test hours only)" if truth is not None else "")
+    try:
+        return load_stand_in()
+    except ImportError:
+        raise FileNotFoundError(
+            f"No bike-sharing data and no network. Put the competition's train.csv, test.csv and "
+            f"sampleSubmission.csv (kaggle.com/competitions/{COMPETITION}/data) in {folder}/, or UCI's "
+            f"hour.csv or bike+sharing+dataset.zip ({UCI_URL}) there; or `pip install ISLP` for the "
+            f"offline stand-in.") from None
+
+
+def _islp_truth() -> pd.Series | None:
+    try:
+        return truth_from_uci(islp_as_uci_hour())
+    except ImportError:
+        return None
+
+
+def load_stand_in() -> BikeData:
+    """The 2011 half of the UCI data (from ISLP) in Kaggle's layout, with its true test counts."""
+    log.warning("No Kaggle files, no network: using the ISLP stand-in (2011 only). Results are NOT comparable "
+                "to Kaggle scores. Put train.csv, test.csv and sampleSubmission.csv in DATA_DIR/bike_sharing/.")
+    hour = islp_as_uci_hour()
+    texts = kaggle_files_from_uci(hour)
+    frames = {name: check_frame(pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False), name,
+                                f"ISLP stand-in {name}") for name, text in texts.items()}
+    return BikeData(frames["train.csv"], frames["test.csv"], frames["sampleSubmission.csv"],
+                    "stand-in: ISLP's copy of the UCI hourly data, 2011 only, split as Kaggle did", True,
+                    truth_from_uci(hour), "ISLP (2011 test hours)")
+
+
+def validation_split(train: pd.DataFrame, first_day: int = 15) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Hold out days `first_day`-19 of every month: like Kaggle's test (the days after the training
+    days of the same month), so the validation score imitates the test score without touching it."""
+    held_out = train["datetime"].dt.day >= first_day
+    return train[~held_out].reset_index(drop=True), train[held_out].reset_index(drop=True)

@@ -1,0 +1,31 @@
+"""Where things live: the repository root, the data folder, the reports folder.
+
+Notebooks run with their own folder as working directory (Jupyter's default and
+the runner's choice), while `make` and the tests run from the repository root.
+Resolving every default against the repository root makes both agree.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def data_dir(value: str | os.PathLike | None = None) -> Path:
+    """The data folder: `value`, else `$DATA_DIR`, else `<repo>/data`.
+
+    Relative paths are taken relative to the repository root, so
+    `DATA_DIR=../shared/data` means the same folder from a notebook or a shell.
+    """
+    chosen = value if value not in (None, "") else os.environ.get("DATA_DIR") or "data"
+    path = Path(chosen).expanduser()
+    return path if path.is_absolute() else (REPO_ROOT / path).resolve()
+
+
+def report_dir(project: str, value: str | os.PathLike | None = None) -> Path:
+    """The folder for a project's executed notebooks, metrics and figures."""
+    path = Path(value).expanduser() if value else REPO_ROOT / "reports" / project
+    path = path if path.is_absolute() else (REPO_ROOT / path).resolve()
+    (path / "figures").mkdir(parents=True, exist_ok=True)
+    return path

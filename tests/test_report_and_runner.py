@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from common import report, run
+
+
+def metrics(**extra) -> dict:
+    return {"project": "demo", "title": "Demo project", "profile": "tiny",
+            "data": {"source": "generated numbers", "stand_in": True, "note": "for the test"},
+            "summary": {"accuracy": 0.91234, "model": "tiny"},
+            "tables": [{"title": "Models", "columns": ["model", "score"], "rows": [["a|b", 0.5], ["c", None]]}],
+            "figures": [{"title": "Curve", "path": "figures/curve.png"}], **extra}
+
+
+def test_write_metrics_requires_the_shared_keys(tmp_path):
+    with pytest.raises(ValueError, match="needs the key 'data'"):
+        report.write_metrics(tmp_path, {"project": "p", "title": "t", "profile": "quick"})
+    report.write_metrics(tmp_path, metrics())
+    assert report.read_metrics(tmp_path)["summary"]["accuracy"] == 0.91234
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_read_metrics_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="metrics.json not found"):
+        report.read_metrics(tmp_path)
+    (tmp_path / "metrics.json").write_text("{broken")
+    with pytest.raises(ValueError, match=r"metrics.json is not valid JSON"):
+        report.read_metrics(tmp_path)
+
+
+def test_table_from_dataframe_is_plain_json():
+    import numpy as np
+    import pandas as pd
+
+    spec = report.table("T", pd.DataFrame({"a": [np.int64(1), np.int64(2)], "b": [0.5, np.nan]}))
+    assert spec == {"title": "T", "columns": ["a", "b"], "rows": [[1, 0.5], [2, None]]}
+    json.dumps(spec)
+
+
+def test_render_labels_stand_in_and_renders_tables_and_figures():
+    text = report.render_project(metrics(), "reports/demo")
+    assert "**Stand-in data, not the real dataset:** generated numbers" in text
+    assert "- accuracy: **0.9123**" in text
+    assert "| a\\|b | 0.5 |" in text and "| c | n/a |" in text
+    assert "![Curve](reports/demo/figures/curve.png)" in text
+
+
+def test_update_readme_replaces_only_the_marked_section(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.START_MARKER}\nold numbers\n{report.END_MARKER}\nfooter\n")
+    report.write_metrics(tmp_path / "reports" / "demo", metrics())
+    report.update_readme(readme, tmp_path / "reports", ["demo", "missing"])
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("footer\n") and "old numbers" not in text
+    assert "### Demo project" in text and "### missing\n\nNo run yet" in text
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="has no report markers"):
+        report.update_readme(readme, tmp_path / "reports", ["demo"])
+
+
+def write_notebook(path: Path, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('PROFILE = "full"\nDATA_DIR = None\nREPORT_DIR = None')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+
+
+WRITES_METRICS = """
+import json, pathlib
+m = {"project": "demo", "title": "Demo", "profile": PROFILE,
+     "data": {"source": "generated from " + DATA_DIR, "stand_in": False, "note": ""}}
+pathlib.Path(REPORT_DIR, "metrics.json").write_text(json.dumps(m))
+big = bytearray(50 * 2**20)  # the runner's memory sampler should see the kernel grow
+import time; time.sleep(1.5)
+"""
+
+
+@pytest.mark.slow
+def test_runner_executes_passes_parameters_and_records_the_run(tmp_path):
+    write_notebook(tmp_path / "demo" / "demo.ipynb", WRITES_METRICS)
+    result = run.run_project("demo", ["demo.ipynb"], "tiny", tmp_path / "data", tmp_path / "reports", root=tmp_path)
+    assert result["profile"] == "tiny" and result["data"]["source"] == f"generated from {tmp_path / 'data'}"
+    assert result["run"]["wall_seconds"] > 1 and result["run"]["peak_memory_mb"] > 50
+    executed = nbformat.read(tmp_path / "reports" / "demo" / "demo.ipynb", as_version=4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+    assert report.read_metrics(tmp_path / "reports" / "demo")["run"] == result["run"]
+
+
+@pytest.mark.slow
+def test_runner_names_the_failing_notebook_and_cell(tmp_path):
+    write_notebook(tmp_path / "demo" / "demo.ipynb", "raise ValueError('bad column temp')")
+    with pytest.raises(run.NotebookFailed, match=r"demo.ipynb failed in cell \d+ .*ValueError: bad column temp"):
+        run.run_project("demo", ["demo.ipynb"], "tiny", tmp_path, tmp_path / "reports", root=tmp_path)
+
+
+def test_cli_help_and_unknown_project(capsys):
+    with pytest.raises(SystemExit):
+        run.main(["--help"])
+    assert "--profile {quick,full,tiny}" in capsys.readouterr().out
+    assert run.main(["no_such_project", "--no-readme"]) == 2
+    assert "unknown project(s): no_such_project" in capsys.readouterr().err
+
+
+def test_every_listed_notebook_exists_is_stripped_and_starts_with_parameters():
+    from common.paths import REPO_ROOT
+
+    for project, notebooks in run.load_projects().items():
+        for name in notebooks:
+            nb = nbformat.read(REPO_ROOT / project / name, as_version=4)
+            code = [c for c in nb.cells if c.cell_type == "code"]
+            assert "parameters" in code[0].metadata.get("tags", []), f"{name}: first code cell must be tagged parameters"
+            assert 'PROFILE = "' in code[0].source and "DATA_DIR" in code[0].source
+            assert all(not c.outputs and c.execution_count is None for c in code), f"{name} has outputs: strip them"
