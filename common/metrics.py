@@ -61,12 +61,10 @@ def _labels(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[np.ndarray, np.ndarra
 
 def _class_indices(arr: np.ndarray, name: str) -> np.ndarray:
     """Cast labels to int, accepting integral floats (pandas turns ints into floats easily)."""
-    if arr.dtype.kind in "iu":
-        ints = arr.astype(np.int64)
-    elif arr.dtype.kind == "f" and np.all(arr == np.round(arr)):
-        ints = arr.astype(np.int64)
-    else:
+    integral = arr.dtype.kind in "iu" or (arr.dtype.kind == "f" and np.all(arr == np.round(arr)))
+    if not integral:
         raise ValueError(f"{name} must hold integer class indices 0..C-1, got dtype {arr.dtype}")
+    ints = arr.astype(np.int64)
     if ints.min() < 0:
         raise ValueError(f"{name} has negative class index {ints.min()}")
     return ints
@@ -94,23 +92,25 @@ def rmsle(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     than clipped: a negative demand forecast is a model bug worth seeing.
     """
     t, p = _paired(y_true, y_pred)
-    arrays = {}
-    for name, arr in (("y_true", t), ("y_pred", p)):
-        try:
-            arr = arr.astype(np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}") from exc
-        bad = int((~np.isfinite(arr)).sum())
-        if bad:
-            raise ValueError(f"{name} contains {bad} NaN/inf value(s)")
-        negative = arr < 0
-        if negative.any():
-            raise ValueError(
-                f"{name} contains {int(negative.sum())} negative value(s) (min {arr.min():g}); "
-                "RMSLE is defined for non-negative values only"
-            )
-        arrays[name] = arr
-    return float(np.sqrt(skm.mean_squared_log_error(arrays["y_true"], arrays["y_pred"])))
+    t, p = _non_negative_floats(t, "y_true"), _non_negative_floats(p, "y_pred")
+    return float(np.sqrt(skm.mean_squared_log_error(t, p)))
+
+
+def _non_negative_floats(arr: np.ndarray, name: str) -> np.ndarray:
+    try:
+        values = arr.astype(np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}") from exc
+    bad = int((~np.isfinite(values)).sum())
+    if bad:
+        raise ValueError(f"{name} contains {bad} NaN/inf value(s)")
+    negative = values < 0
+    if negative.any():
+        raise ValueError(
+            f"{name} contains {int(negative.sum())} negative value(s) (min {values.min():g}); "
+            "RMSLE is defined for non-negative values only"
+        )
+    return values
 
 
 # --------------------------------------------------------------------------- #
@@ -170,8 +170,9 @@ def per_class_report(
 
     Per-class accuracy equals recall (the share of a class's samples predicted
     correctly); it is repeated under that name because the notebooks report it.
-    Every class gets a row, with support 0 when absent from ``y_true``; metrics
-    that are undefined for such a class (0/0) are NaN rather than a misleading 0.
+    Every class gets a row, with support 0 when absent from ``y_true``. Metrics
+    that are 0/0 (recall of an absent class, precision of a never-predicted one)
+    are NaN rather than a misleading 0.
     """
     t, p = _labels(y_true, y_pred)
     t, p = _class_indices(t, "y_true"), _class_indices(p, "y_pred")

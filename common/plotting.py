@@ -187,22 +187,25 @@ def confusion_matrix_plot(
         totals = matrix.sum(axis=1, keepdims=True)
         matrix = np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
 
-    side = max(6.0, 0.35 * n + 3)
-    fig, ax = plt.subplots(figsize=(side, side), layout="constrained")
+    annotate = n <= MAX_ANNOTATED_CLASSES
+    side = max(5.0, 0.35 * n + 3)
+    fig, ax = plt.subplots(figsize=(side + 1.5, side), layout="constrained")  # + room for the colorbar
     image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1 if normalize else None)
     fig.colorbar(image, ax=ax, shrink=0.8, label="share of true class" if normalize else "count")
-    tick_size = 9 if n <= MAX_ANNOTATED_CLASSES else 7
-    ax.set_xticks(range(n), class_names, rotation=45, ha="right", rotation_mode="anchor", fontsize=tick_size)
+    tick_size = 9 if annotate else 7
+    ax.set_xticks(
+        range(n), class_names, rotation=45 if annotate else 90, ha="right", rotation_mode="anchor", fontsize=tick_size
+    )
     ax.set_yticks(range(n), class_names, fontsize=tick_size)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
 
-    if n <= MAX_ANNOTATED_CLASSES:
+    if annotate:
         dark = matrix.max() / 2
         for i, j in np.ndindex(n, n):
             value = matrix[i, j]
             text = f"{value:.2f}" if normalize else f"{value:.0f}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if value > dark else "black")
+            ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if value > dark else "black")
     return _finish(fig, title, save_to)
 
 

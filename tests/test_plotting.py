@@ -135,6 +135,7 @@ def test_confusion_matrix_plot_50_classes_grows_and_drops_cell_text(tmp_path):
     ax = fig.axes[0]
     assert len(ax.texts) == 0
     assert len(ax.get_yticklabels()) == 50
+    assert ax.get_xticklabels()[0].get_rotation() == 90
     assert fig.get_figwidth() > 2 * small.get_figwidth()
     _assert_png(tmp_path / "cm50.png")
     plt.close(fig)

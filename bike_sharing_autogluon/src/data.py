@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from common import s3io
 from common.downloads import DownloadError, fetch
 
 log = logging.getLogger(__name__)
@@ -226,14 +227,6 @@ def uci_hour_file(data_dir: Path) -> Path | None:
         return None
 
 
-def write_kaggle_files(texts: dict[str, str], folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, text in texts.items():
-        tmp = folder / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, folder / name)
-
-
 def load(data_dir: str | os.PathLike, *, allow_network: bool = True) -> BikeData:
     """The competition files and, where available, the true test counts (see module doc)."""
     folder = Path(data_dir) / "bike_sharing"
@@ -244,7 +237,8 @@ def load(data_dir: str | os.PathLike, *, allow_network: bool = True) -> BikeData
         have_files, source = True, "Kaggle competition files (downloaded with the Kaggle API)"
     uci = uci_hour_file(Path(data_dir)) if allow_network or (folder / "hour.csv").exists() else None
     if not have_files and uci is not None:
-        write_kaggle_files(kaggle_files_from_uci(read_uci_hour(uci)), folder)
+        for name, text in kaggle_files_from_uci(read_uci_hour(uci)).items():
+            s3io.write_text(folder / name, text)
         have_files, source = True, f"Kaggle files derived from the UCI Bike Sharing Dataset ({uci.name})"
     if have_files:
         train, test, sample = read_kaggle_dir(folder)

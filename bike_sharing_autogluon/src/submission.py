@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from bike_sharing_autogluon.src.data import COMPETITION, kaggle_credentials_available
+from common import s3io
 from common.metrics import rmsle
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,7 @@ def write_submission(prediction, sample: pd.DataFrame, path: str | os.PathLike) 
     submission = pd.DataFrame({"datetime": pd.to_datetime(sample["datetime"]).dt.strftime("%Y-%m-%d %H:%M:%S"),
                                "count": np.asarray(prediction, dtype=float)})
     validate_submission(submission, sample, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    submission.to_csv(tmp, index=False, float_format="%.4f")
-    os.replace(tmp, path)
+    s3io.write_csv(path, submission, float_format="%.4f")
     return path
 
 

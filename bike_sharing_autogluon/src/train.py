@@ -83,7 +83,9 @@ def _fit_one(label: str, train: pd.DataFrame, tuning: pd.DataFrame, *, path: Pat
              stage: Stage, profile: dict, eval_metric: str, verbosity: int):
     from autogluon.tabular import TabularPredictor
 
-    kwargs: dict = {"time_limit": time_limit, "presets": stage.presets, "verbosity": verbosity}
+    # FASTAI is not installed: autogluon's fastai extra pins torch < 2.14 (see requirements.txt).
+    kwargs: dict = {"time_limit": time_limit, "presets": stage.presets, "verbosity": verbosity,
+                    "excluded_model_types": ["FASTAI"]}
     if profile["hyperparameters"] is not None:
         kwargs["hyperparameters"] = profile["hyperparameters"]
     if stage.tune:

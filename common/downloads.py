@@ -1,0 +1,80 @@
+"""Cached, checksum-verified downloads built on pooch.
+
+pooch streams to a temporary file beside the target, checks the hash and only then
+moves it into place, so neither an interrupted download nor a checksum mismatch
+leaves a file at the destination.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zipfile
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pooch
+import requests
+
+
+class DownloadError(RuntimeError):
+    """A file could not be downloaded; the message says how to provide it offline."""
+
+
+def fetch(
+    url: str,
+    dest_dir: str | Path,
+    *,
+    filename: str | None = None,
+    sha256: str | None = None,
+    what: str = "",
+) -> Path:
+    """Return ``dest_dir/filename``, downloading it from ``url`` only if it is not there yet.
+
+    With ``sha256`` a cached file must match it (else it is downloaded again) and so
+    must the download. Without it any cached file is trusted and pooch logs the hash
+    of a fresh download so it can be pinned. ``what`` names the file in error messages.
+    """
+    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        raise ValueError(f"sha256 for {url} must be 64 hex digits, got {sha256!r}")
+    dest_dir = Path(dest_dir)
+    filename = filename or Path(unquote(urlparse(url).path)).name
+    if not filename:
+        raise ValueError(f"cannot infer a file name from {url}; pass filename=")
+    target = dest_dir / filename
+    what = what or filename
+    try:
+        return Path(pooch.retrieve(url, sha256, fname=filename, path=dest_dir, progressbar=True))
+    except requests.RequestException as err:
+        checksum = f" (sha256 {sha256})" if sha256 else ""
+        raise DownloadError(
+            f"could not download {what} from {url}: {type(err).__name__}: {err}\n"
+            f"To work offline, place {filename}{checksum} in {dest_dir}/"
+        ) from None  # the reason is in the message; the requests traceback is noise
+    except ValueError as err:
+        # With a well-formed hash, pooch raises ValueError only when the download did
+        # not match (it has deleted it); a stale cached file that did not match goes too.
+        target.unlink(missing_ok=True)
+        raise ValueError(f"checksum mismatch for {target} from {url}: {err}") from None
+
+
+def sha256sum(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks so large files do not fill memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def extract_zip(zip_path: str | Path, dest_dir: str | Path, members: list[str] | None = None) -> list[Path]:
+    """Extract ``members`` (default: all) of a zip into ``dest_dir``; return the extracted files."""
+    dest_dir = Path(dest_dir)
+    with zipfile.ZipFile(zip_path) as archive:
+        names = archive.namelist() if members is None else members
+        missing = sorted(set(names) - set(archive.namelist()))
+        if missing:
+            raise FileNotFoundError(f"{zip_path} has no member(s) {missing}")
+        # ZipFile.extract strips absolute paths and '..', so members cannot escape dest_dir.
+        extracted = [Path(archive.extract(name, dest_dir)) for name in names]
+    return [p for p in extracted if p.is_file()]
