@@ -49,7 +49,7 @@ STAGES = [
 PROFILES = {
     "tiny": {"budget": 120, "hyperparameters": {"GBM": {"num_boost_round": 60}}, "trials": 2, "bag_folds": 2},
     "quick": {"budget": 180, "hyperparameters": None, "trials": 4, "bag_folds": 5},
-    "full": {"budget": 600, "hyperparameters": None, "trials": 10, "bag_folds": 8},
+    "full": {"budget": 480, "hyperparameters": None, "trials": 10, "bag_folds": 8},
 }
 
 
