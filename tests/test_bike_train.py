@@ -1,0 +1,72 @@
+"""Tiny AutoGluon fits (seconds) on generated hours, and the notebook end to end in the tiny profile."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bike_sharing_autogluon.src import data, train
+from tests.bike_fixtures import uci_hour
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def kaggle_frames():
+    texts = data.kaggle_files_from_uci(uci_hour(months=(1, 2, 3)))
+    frames = {name: data.check_frame(pd.read_csv(io.StringIO(t), dtype=str, keep_default_na=False), name, "fixture")
+              for name, t in texts.items()}
+    fit, valid = data.validation_split(frames["train.csv"])
+    return fit, valid, frames["test.csv"]
+
+
+@pytest.mark.parametrize("stage_name", ["initial", "split_rich"])
+def test_stage_fits_scores_and_predicts_non_negative_counts(kaggle_frames, stage_name, tmp_path):
+    fit, valid, test = kaggle_frames
+    stage = next(s for s in train.STAGES if s.name == stage_name)
+    result = train.fit_stage(stage, fit, valid, test, profile="tiny", models_dir=tmp_path)
+    labels = ["casual", "registered"] if stage_name == "split_rich" else ["count"]
+    assert list(result.best_models) == labels and set(result.leaderboard["target"]) == set(labels)
+    assert result.test_prediction.shape == (len(test),) and (result.test_prediction >= 0).all()
+    assert 0 < result.valid_rmsle < 2 and result.fit_seconds > 0
+    # refit_full: the predictor that made the test predictions was trained on all days, not days 1-14
+    assert all(model.endswith("_FULL") for model in _model_best(tmp_path / stage_name, labels))
+
+
+def _model_best(folder, labels):
+    from autogluon.tabular import TabularPredictor
+
+    return [TabularPredictor.load(str(folder / label)).model_best for label in labels]
+
+
+def test_log_target_beats_raw_count_on_rmsle(kaggle_frames, tmp_path):
+    """The point of stage 4: fitting log1p(count) optimises the competition's metric directly."""
+    fit, valid, test = kaggle_frames
+    stages = {s.name: s for s in train.STAGES}
+    raw = train.fit_stage(stages["add_features"], fit, valid, test, profile="tiny", models_dir=tmp_path)
+    logged = train.fit_stage(stages["log_target"], fit, valid, test, profile="tiny", models_dir=tmp_path)
+    assert logged.valid_rmsle < raw.valid_rmsle
+    assert np.isfinite(logged.test_prediction).all()
+
+
+def test_notebook_runs_end_to_end_in_the_tiny_profile(tmp_path):
+    """Through the runner, as `make run` does: on DATA_DIR when set, else on the stand-in."""
+    from common import report, run
+    from common.paths import data_dir
+
+    projects = run.load_projects()
+    metrics = run.run_project("bike_sharing_autogluon", projects["bike_sharing_autogluon"], "tiny",
+                              data_dir(), tmp_path)
+    folder = tmp_path / "bike_sharing_autogluon"
+    assert report.read_metrics(folder) == metrics
+    assert [row["stage"] for row in metrics["stages"]] == [s.name for s in train.STAGES]
+    sizes = set()
+    for stage in train.STAGES:
+        submission = pd.read_csv(folder / f"submission_{stage.name}.csv")
+        assert list(submission.columns) == ["datetime", "count"] and (submission["count"] >= 0).all()
+        sizes.add(len(submission))
+    assert len(sizes) == 1 and sizes.pop() > 3000  # 6,493 test hours; 3,223 in the 2011-only stand-in
+    for figure in metrics["figures"]:
+        assert (folder / figure["path"]).stat().st_size > 1000
