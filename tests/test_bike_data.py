@@ -78,10 +78,14 @@ def test_load_prefers_data_dir_files(tmp_path):
     assert len(bike.train) == (19 + 19) * 24
 
 
-def test_load_derives_kaggle_files_from_uci_hour_csv_in_data_dir(tmp_path):
+def test_load_derives_kaggle_files_from_uci_hour_csv_in_data_dir(tmp_path, monkeypatch):
     folder = tmp_path / "bike_sharing"
     folder.mkdir()
-    uci_hour().to_csv(folder / "hour.csv", index=False)
+    hour = uci_hour()
+    hour.to_csv(folder / "hour.csv", index=False)
+    with pytest.raises(ValueError, match=rf"hour.csv has {len(hour)} rows, the UCI dataset has 17379"):
+        data.load(tmp_path, allow_network=False)
+    monkeypatch.setattr(data, "UCI_ROWS", len(hour))  # the fixture is two months, not two years
     bike = data.load(tmp_path, allow_network=False)
     assert "UCI" in bike.source and not bike.stand_in
     assert (folder / "train.csv").exists() and bike.truth is not None and len(bike.truth) == len(bike.test)
@@ -94,6 +98,13 @@ def test_load_falls_back_to_labelled_stand_in(tmp_path):
     assert bike.train["datetime"].dt.year.unique().tolist() == [2011]
     assert bike.train["datetime"].dt.day.max() == 19 and bike.test["datetime"].dt.day.min() == 20
     assert len(bike.truth) == len(bike.test)
+
+
+def test_broken_uci_zip_is_named(tmp_path):
+    (tmp_path / "bike_sharing").mkdir()
+    (tmp_path / "bike_sharing" / data.UCI_ZIP).write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match=r"bike\+sharing\+dataset.zip: not a readable UCI hour.csv"):
+        data.load(tmp_path, allow_network=False)
 
 
 def test_no_network_error_says_what_to_place_where(tmp_path, monkeypatch):

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 COMPETITION = "bike-sharing-demand"
 UCI_URL = "https://archive.ics.uci.edu/static/public/275/bike+sharing+dataset.zip"
+UCI_ZIP = "bike+sharing+dataset.zip"
+UCI_ROWS = 17379
 FEATURES = ["datetime", "season", "holiday", "workingday", "weather", "temp", "atemp", "humidity", "windspeed"]
 TARGETS = ["casual", "registered", "count"]
 COLUMNS = {
@@ -168,11 +170,23 @@ def truth_from_uci(hour: pd.DataFrame) -> pd.Series:
 
 
 def read_uci_hour(zip_or_csv: Path) -> pd.DataFrame:
-    """UCI's hour.csv, from the downloaded zip or an extracted copy."""
-    if zip_or_csv.suffix == ".zip":
-        with zipfile.ZipFile(zip_or_csv) as archive:
-            return pd.read_csv(io.BytesIO(archive.read("hour.csv")))
-    return pd.read_csv(zip_or_csv)
+    """UCI's hour.csv, from the downloaded zip or an extracted copy, checked: its columns, and
+    one row per hour of 2011-2012 (17,379 rows, as Kaggle's 10,886 train + 6,493 test)."""
+    try:
+        if zip_or_csv.suffix == ".zip":
+            with zipfile.ZipFile(zip_or_csv) as archive:
+                hour = pd.read_csv(io.BytesIO(archive.read("hour.csv")))
+        else:
+            hour = pd.read_csv(zip_or_csv)
+    except (zipfile.BadZipFile, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ValueError(f"{zip_or_csv}: not a readable UCI hour.csv ({err}); delete it and retry") from None
+    missing = [c for c in UCI_COLUMNS if c not in hour.columns]
+    if missing:
+        raise ValueError(f"{zip_or_csv}: hour.csv lacks column(s) {missing}")
+    if len(hour) != UCI_ROWS:
+        raise ValueError(f"{zip_or_csv}: hour.csv has {len(hour)} rows, the UCI dataset has {UCI_ROWS}; "
+                         f"delete it and retry")
+    return hour
 
 
 def islp_as_uci_hour() -> pd.DataFrame:
@@ -214,14 +228,17 @@ def download_from_kaggle(folder: Path) -> None:
         archive.extractall(folder)
 
 
-def uci_hour_file(data_dir: Path) -> Path | None:
-    """UCI's hour.csv from DATA_DIR, else downloaded (cached) there; None when offline."""
+def uci_hour_file(data_dir: Path, *, allow_network: bool) -> Path | None:
+    """UCI's hour.csv (or its zip) from DATA_DIR, else downloaded (cached) there; None offline."""
     folder = data_dir / "bike_sharing"
-    for candidate in (folder / "hour.csv", folder / "bike+sharing+dataset.zip"):
+    for candidate in (folder / "hour.csv", folder / UCI_ZIP):
         if candidate.exists():
             return candidate
+    if not allow_network:
+        return None
     try:
-        return fetch(UCI_URL, folder, filename="bike+sharing+dataset.zip", what="UCI Bike Sharing Dataset")
+        # UCI publishes no checksum; read_uci_hour checks the content instead.
+        return fetch(UCI_URL, folder, filename=UCI_ZIP, what="the UCI Bike Sharing Dataset")
     except DownloadError as err:
         log.warning("%s", err)
         return None
@@ -229,22 +246,23 @@ def uci_hour_file(data_dir: Path) -> Path | None:
 
 def load(data_dir: str | os.PathLike, *, allow_network: bool = True) -> BikeData:
     """The competition files and, where available, the true test counts (see module doc)."""
-    folder = Path(data_dir) / "bike_sharing"
+    data_dir = Path(data_dir)
+    folder = data_dir / "bike_sharing"
     have_files = all((folder / name).exists() for name in COLUMNS)
     source = f"Kaggle competition files from {folder}"
     if not have_files and allow_network and kaggle_credentials_available():
         download_from_kaggle(folder)
         have_files, source = True, "Kaggle competition files (downloaded with the Kaggle API)"
-    uci = uci_hour_file(Path(data_dir)) if allow_network or (folder / "hour.csv").exists() else None
-    if not have_files and uci is not None:
-        for name, text in kaggle_files_from_uci(read_uci_hour(uci)).items():
+    uci = uci_hour_file(data_dir, allow_network=allow_network)
+    hour = read_uci_hour(uci) if uci is not None else None
+    if not have_files and hour is not None:
+        for name, text in kaggle_files_from_uci(hour).items():
             s3io.write_text(folder / name, text)
         have_files, source = True, f"Kaggle files derived from the UCI Bike Sharing Dataset ({uci.name})"
     if have_files:
         train, test, sample = read_kaggle_dir(folder)
-        if uci is not None:
-            return BikeData(train, test, sample, source, False, truth_from_uci(read_uci_hour(uci)),
-                            "UCI hour.csv (all test hours)")
+        if hour is not None:
+            return BikeData(train, test, sample, source, False, truth_from_uci(hour), "UCI hour.csv (all test hours)")
         truth = _islp_truth()
         return BikeData(train, test, sample, source, False, truth,
                         "UCI data as shipped by ISLP (the 2011 test hours only)" if truth is not None else "")
@@ -254,8 +272,7 @@ def load(data_dir: str | os.PathLike, *, allow_network: bool = True) -> BikeData
         raise FileNotFoundError(
             f"No bike-sharing data and no network. Put the competition's train.csv, test.csv and "
             f"sampleSubmission.csv (kaggle.com/competitions/{COMPETITION}/data) in {folder}/, or UCI's "
-            f"hour.csv or bike+sharing+dataset.zip ({UCI_URL}) there; or `pip install ISLP` for the "
-            f"offline stand-in.") from None
+            f"hour.csv or {UCI_ZIP} ({UCI_URL}) there; or `pip install ISLP` for the offline stand-in.") from None
 
 
 def _islp_truth() -> pd.Series | None:
