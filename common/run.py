@@ -78,8 +78,11 @@ class NotebookFailed(RuntimeError):
     pass
 
 
-def run_notebook(notebook: Path, output: Path, parameters: dict, *, log_output: bool) -> None:
-    """Execute one notebook with papermill; a failing cell raises NotebookFailed naming it."""
+def run_notebook(notebook: Path, output: Path, parameters: dict, *, stream: bool) -> None:
+    """Execute one notebook with papermill; a failing cell raises NotebookFailed naming it.
+
+    `stream` copies what the cells print (stage results, progress bars) to this terminal;
+    otherwise a bar counts cells, which can sit still for minutes on a long training cell."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -90,8 +93,9 @@ def run_notebook(notebook: Path, output: Path, parameters: dict, *, log_output: 
             parameters=parameters,
             cwd=str(notebook.parent),
             kernel_name="python3",
-            progress_bar=not log_output,
-            log_output=log_output,
+            progress_bar=not stream,
+            stdout_file=sys.stdout if stream else None,
+            stderr_file=sys.stderr if stream else None,
         )
     except PapermillExecutionError as err:
         raise NotebookFailed(
@@ -102,7 +106,7 @@ def run_notebook(notebook: Path, output: Path, parameters: dict, *, log_output: 
 
 
 def run_project(project: str, notebooks: list[str], profile: str, data_dir: Path, reports_root: Path, *,
-                log_output: bool = False, root: Path = paths.REPO_ROOT) -> dict:
+                stream: bool = False, root: Path = paths.REPO_ROOT) -> dict:
     """Run the notebooks of `root/project`; returns its metrics with the `run` record added."""
     report_dir = paths.report_dir(project, reports_root / project)
     started = time.perf_counter()
@@ -110,7 +114,7 @@ def run_project(project: str, notebooks: list[str], profile: str, data_dir: Path
     with PeakMemory() as memory:
         for name in notebooks:
             print(f"[{project}] running {name} (profile {profile}, DATA_DIR {data_dir})", flush=True)
-            run_notebook(root / project / name, report_dir / name, parameters, log_output=log_output)
+            run_notebook(root / project / name, report_dir / name, parameters, stream=stream)
     metrics_path = report_dir / "metrics.json"
     if not metrics_path.exists():
         raise NotebookFailed(f"{project}: the notebooks ran but wrote no {metrics_path}")
@@ -145,7 +149,8 @@ def build_parser(projects: dict[str, list[str]]) -> argparse.ArgumentParser:
     parser.add_argument("--readme", default=str(paths.REPO_ROOT / "README.md"),
                         help="README whose report section is regenerated (default: ./README.md)")
     parser.add_argument("--no-readme", action="store_true", help="do not touch the README")
-    parser.add_argument("--log-output", action="store_true", help="stream the notebooks' output to the terminal")
+    parser.add_argument("--quiet", action="store_true",
+                        help="show a cell-count progress bar instead of what the notebooks print")
     return parser
 
 
@@ -166,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             metrics = run_project(project, projects[project], args.profile, data_dir, reports_root,
-                                  log_output=args.log_output)
+                                  stream=not args.quiet)
         except NotebookFailed as err:
             print(f"[{project}] FAILED: {err}", file=sys.stderr)
             failures.append(project)

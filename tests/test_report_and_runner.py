@@ -78,15 +78,18 @@ import json, pathlib
 m = {"project": "demo", "title": "Demo", "profile": PROFILE,
      "data": {"source": "generated from " + DATA_DIR, "stand_in": False, "note": ""}}
 pathlib.Path(REPORT_DIR, "metrics.json").write_text(json.dumps(m))
+print("stage one done")
 big = bytearray(50 * 2**20)  # the runner's memory sampler should see the kernel grow
 import time; time.sleep(1.5)
 """
 
 
 @pytest.mark.slow
-def test_runner_executes_passes_parameters_and_records_the_run(tmp_path):
+def test_runner_executes_passes_parameters_and_records_the_run(tmp_path, capsys):
     write_notebook(tmp_path / "demo" / "demo.ipynb", WRITES_METRICS)
-    result = run.run_project("demo", ["demo.ipynb"], "tiny", tmp_path / "data", tmp_path / "reports", root=tmp_path)
+    result = run.run_project("demo", ["demo.ipynb"], "tiny", tmp_path / "data", tmp_path / "reports",
+                             stream=True, root=tmp_path)
+    assert "stage one done" in capsys.readouterr().out  # what cells print reaches the terminal
     assert result["profile"] == "tiny" and result["data"]["source"] == f"generated from {tmp_path / 'data'}"
     assert result["run"]["wall_seconds"] > 1 and result["run"]["peak_memory_mb"] > 50
     executed = nbformat.read(tmp_path / "reports" / "demo" / "demo.ipynb", as_version=4)
