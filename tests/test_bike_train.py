@@ -22,12 +22,12 @@ def kaggle_frames():
     return fit, valid, frames["test.csv"]
 
 
-@pytest.mark.parametrize("stage_name", ["initial", "split_rich"])
+@pytest.mark.parametrize("stage_name", ["initial", "weather_history"])
 def test_stage_fits_scores_and_predicts_non_negative_counts(kaggle_frames, stage_name, tmp_path):
     fit, valid, test = kaggle_frames
     stage = next(s for s in train.STAGES if s.name == stage_name)
     result = train.fit_stage(stage, fit, valid, test, profile="tiny", models_dir=tmp_path)
-    labels = ["casual", "registered"] if stage_name == "split_rich" else ["count"]
+    labels = ["casual", "registered"] if stage_name == "weather_history" else ["count"]
     assert list(result.best_models) == labels and set(result.leaderboard["target"]) == set(labels)
     assert result.test_prediction.shape == (len(test),) and (result.test_prediction >= 0).all()
     assert 0 < result.valid_rmsle < 2 and result.fit_seconds > 0
