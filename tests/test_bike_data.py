@@ -139,3 +139,22 @@ def test_real_kaggle_files_load_and_uci_derivation_is_byte_identical_for_2011(re
         real = (folder / name).read_text().splitlines(keepends=True)
         real_2011 = "".join([real[0]] + [line for line in real[1:] if line.startswith("2011-")])
         assert text == real_2011, name
+
+
+def test_kaggle_download_failure_says_what_to_do(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    class RefusingApi:
+        def authenticate(self):
+            pass
+
+        def competition_download_files(self, *args, **kwargs):
+            raise PermissionError("403 Forbidden")
+
+    # `import kaggle` itself authenticates, so the whole package is replaced by a stand-in
+    for name in ("kaggle", "kaggle.api", "kaggle.api.kaggle_api_extended"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    sys.modules["kaggle.api.kaggle_api_extended"].KaggleApi = RefusingApi
+    with pytest.raises(RuntimeError, match=r"PermissionError: 403 Forbidden\). Accept the rules .*sampleSubmission"):
+        data.download_from_kaggle(tmp_path / "bike_sharing")

@@ -220,12 +220,18 @@ def download_from_kaggle(folder: Path) -> None:
     and the competition's rules accepted on kaggle.com)."""
     from kaggle.api.kaggle_api_extended import KaggleApi
 
-    api = KaggleApi()
-    api.authenticate()
     folder.mkdir(parents=True, exist_ok=True)
-    api.competition_download_files(COMPETITION, path=str(folder), quiet=False)
-    with zipfile.ZipFile(folder / f"{COMPETITION}.zip") as archive:
-        archive.extractall(folder)
+    try:
+        api = KaggleApi()
+        api.authenticate()
+        api.competition_download_files(COMPETITION, path=str(folder), quiet=False)
+        with zipfile.ZipFile(folder / f"{COMPETITION}.zip") as archive:
+            archive.extractall(folder)
+    except Exception as err:  # the Kaggle client raises HTTP, auth and zip errors of many types
+        raise RuntimeError(
+            f"Kaggle download of {COMPETITION} failed ({type(err).__name__}: {err}). Accept the rules at "
+            f"https://www.kaggle.com/competitions/{COMPETITION}/rules, or place train.csv, test.csv and "
+            f"sampleSubmission.csv in {folder}/") from None
 
 
 def uci_hour_file(data_dir: Path, *, allow_network: bool) -> Path | None:

@@ -7,7 +7,6 @@ test days for its submission. The test set's true counts are never seen here.
 """
 from __future__ import annotations
 
-import logging
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -18,8 +17,6 @@ import pandas as pd
 
 from bike_sharing_autogluon.src.features import make_features, weather_history
 from common.metrics import rmsle
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,7 +80,7 @@ def search_space(trials: int) -> tuple[dict, dict]:
 
 
 def _fit_one(label: str, train: pd.DataFrame, tuning: pd.DataFrame, *, path: Path, time_limit: float,
-             stage: Stage, profile: dict, eval_metric: str, verbosity: int):
+             stage: Stage, profile: dict, verbosity: int):
     from autogluon.tabular import TabularPredictor
 
     # FASTAI is not installed: autogluon's fastai extra pins torch < 2.14 (see requirements.txt).
@@ -101,7 +98,9 @@ def _fit_one(label: str, train: pd.DataFrame, tuning: pd.DataFrame, *, path: Pat
     if stage.presets == "best_quality":
         kwargs.update(dynamic_stacking=False)  # its extra sub-fit would eat a quarter of the budget
     shutil.rmtree(path, ignore_errors=True)
-    predictor = TabularPredictor(label=label, eval_metric=eval_metric, path=str(path), verbosity=verbosity)
+    # RMSE: on counts for the seed's stages, on log1p counts (= RMSLE) for the later ones
+    predictor = TabularPredictor(label=label, eval_metric="root_mean_squared_error", path=str(path),
+                                 verbosity=verbosity)
     predictor.fit(train, tuning_data=tuning, **kwargs)
     return predictor, kwargs
 
@@ -112,12 +111,8 @@ def fit_stage(stage: Stage, train: pd.DataFrame, valid: pd.DataFrame, test: pd.D
     config = PROFILES[profile]
     history = weather_history([train, valid, test])  # inputs only: weather of every hour
     x_train, x_valid, x_test = (make_features(f, stage.features, history) for f in (train, valid, test))
-    if stage.target == "casual_registered":
-        labels = ["casual", "registered"]
-    else:
-        labels = ["count"]
+    labels = ["casual", "registered"] if stage.target == "casual_registered" else ["count"]
     log_space = stage.target != "count"
-    eval_metric = "root_mean_squared_error"
     time_limit = config["budget"] * stage.time_share / len(labels)
 
     started = time.perf_counter()
@@ -131,7 +126,7 @@ def fit_stage(stage: Stage, train: pd.DataFrame, valid: pd.DataFrame, test: pd.D
 
         predictor, settings = _fit_one(label, with_target(x_train, train), with_target(x_valid, valid),
                                        path=models_dir / stage.name / label, time_limit=time_limit,
-                                       stage=stage, profile=config, eval_metric=eval_metric, verbosity=verbosity)
+                                       stage=stage, profile=config, verbosity=verbosity)
         board = predictor.leaderboard(silent=True)
         boards.append(board.assign(target=label))
         best[label] = predictor.model_best
