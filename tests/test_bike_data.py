@@ -74,7 +74,7 @@ def test_test_and_sample_submission_must_match(tmp_path):
 def test_load_prefers_data_dir_files(tmp_path):
     write_kaggle_dir(tmp_path)
     bike = data.load(tmp_path, allow_network=False)
-    assert not bike.stand_in and str(tmp_path) in bike.source
+    assert not bike.stand_in and "Kaggle competition files" in bike.source
     assert len(bike.train) == (19 + 19) * 24
 
 

@@ -255,7 +255,7 @@ def load(data_dir: str | os.PathLike, *, allow_network: bool = True) -> BikeData
     data_dir = Path(data_dir)
     folder = data_dir / "bike_sharing"
     have_files = all((folder / name).exists() for name in COLUMNS)
-    source = f"Kaggle competition files from {folder}"
+    source = "the Kaggle competition files (DATA_DIR/bike_sharing/)"
     if not have_files and allow_network and kaggle_credentials_available():
         download_from_kaggle(folder)
         have_files, source = True, "Kaggle competition files (downloaded with the Kaggle API)"
