@@ -14,6 +14,7 @@ A failing cell stops that project, is named on stderr, and the runner exits 1.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import threading
 import time
@@ -107,7 +108,10 @@ def run_notebook(notebook: Path, output: Path, parameters: dict, *, stream: bool
 
 def run_project(project: str, notebooks: list[str], profile: str, data_dir: Path, reports_root: Path, *,
                 stream: bool = False, root: Path = paths.REPO_ROOT) -> dict:
-    """Run the notebooks of `root/project`; returns its metrics with the `run` record added."""
+    """Run the notebooks of `root/project`; returns its metrics with the `run` record added.
+
+    The project's report folder is emptied first, so it never mixes files of two runs."""
+    shutil.rmtree(reports_root / project, ignore_errors=True)
     report_dir = paths.report_dir(project, reports_root / project)
     started = time.perf_counter()
     parameters = {"PROFILE": profile, "DATA_DIR": str(data_dir), "REPORT_DIR": str(report_dir)}

@@ -87,6 +87,9 @@ import time; time.sleep(1.5)
 @pytest.mark.slow
 def test_runner_executes_passes_parameters_and_records_the_run(tmp_path, capsys):
     write_notebook(tmp_path / "demo" / "demo.ipynb", WRITES_METRICS)
+    stale = tmp_path / "reports" / "demo" / "submission_old_stage.csv"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("left by an earlier run")
     result = run.run_project("demo", ["demo.ipynb"], "tiny", tmp_path / "data", tmp_path / "reports",
                              stream=True, root=tmp_path)
     assert "stage one done" in capsys.readouterr().out  # what cells print reaches the terminal
@@ -95,6 +98,7 @@ def test_runner_executes_passes_parameters_and_records_the_run(tmp_path, capsys)
     executed = nbformat.read(tmp_path / "reports" / "demo" / "demo.ipynb", as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
     assert report.read_metrics(tmp_path / "reports" / "demo")["run"] == result["run"]
+    assert not stale.exists()
 
 
 @pytest.mark.slow
