@@ -94,7 +94,7 @@ def test_load_derives_kaggle_files_from_uci_hour_csv_in_data_dir(tmp_path, monke
 def test_load_falls_back_to_labelled_stand_in(tmp_path):
     pytest.importorskip("ISLP", reason="the stand-in comes from the ISLP package")
     bike = data.load(tmp_path, allow_network=False)
-    assert bike.stand_in and "stand-in" in bike.source
+    assert bike.stand_in and "ISLP" in bike.source
     assert bike.train["datetime"].dt.year.unique().tolist() == [2011]
     assert bike.train["datetime"].dt.day.max() == 19 and bike.test["datetime"].dt.day.min() == 20
     assert len(bike.truth) == len(bike.test)

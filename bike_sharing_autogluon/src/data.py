@@ -297,7 +297,7 @@ def load_stand_in() -> BikeData:
     frames = {name: check_frame(pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False), name,
                                 f"ISLP stand-in {name}") for name, text in texts.items()}
     return BikeData(frames["train.csv"], frames["test.csv"], frames["sampleSubmission.csv"],
-                    "stand-in: ISLP's copy of the UCI hourly data, 2011 only, split as Kaggle did", True,
+                    "ISLP's copy of the UCI hourly data (2011 only), split into train and test as Kaggle did", True,
                     truth_from_uci(hour), "ISLP (2011 test hours)")
 
 
