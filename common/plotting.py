@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
 __all__ = [
+    "save_figure",
     "score_per_stage",
     "loss_curves",
     "confusion_matrix_plot",
@@ -31,14 +32,19 @@ __all__ = [
 SAVE_DPI = 120
 
 
-def _finish(fig: Figure, title: str, save_to: str | Path | None) -> Figure:
-    if title:
-        fig.suptitle(title)
+def save_figure(fig: Figure, save_to: str | Path | None) -> Figure:
+    """Write `fig` as a PNG at `save_to` (parent folders created); no-op for None."""
     if save_to is not None:
         path = Path(save_to)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=SAVE_DPI, bbox_inches="tight", format="png")
     return fig
+
+
+def _finish(fig: Figure, title: str, save_to: str | Path | None) -> Figure:
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, save_to)
 
 
 def _check_length(values: Sized, expected: int, name: str, reference: str) -> None:

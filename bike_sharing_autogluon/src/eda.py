@@ -1,22 +1,15 @@
 """Exploratory figures, each with the finding it shows stated from the data (not typed)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from common.plotting import save_figure
+
 WEATHER = {1: "clear", 2: "mist/cloudy", 3: "light rain/snow", 4: "heavy rain/snow"}
 SEASON = {1: "spring", 2: "summer", 3: "fall", 4: "winter"}
-
-
-def _save(fig: Figure, save_to: str | Path | None) -> Figure:
-    if save_to is not None:
-        Path(save_to).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(save_to, dpi=120, bbox_inches="tight")
-    return fig
 
 
 def demand_by_hour(train: pd.DataFrame, save_to=None) -> tuple[Figure, str]:
@@ -32,7 +25,7 @@ def demand_by_hour(train: pd.DataFrame, save_to=None) -> tuple[Figure, str]:
     finding = (f"Working days peak at {work.idxmax()}:00 ({work.max():.0f} rentals/hour, commuters) with a second "
                f"peak at {work.loc[:11].idxmax()}:00; weekends peak at {rest.idxmax()}:00 ({rest.max():.0f}/hour) "
                f"in one midday hump. Hour of day, crossed with working day, is the strongest signal.")
-    return _save(fig, save_to), finding
+    return save_figure(fig, save_to), finding
 
 
 def demand_by_month_and_weather(train: pd.DataFrame, save_to=None) -> tuple[Figure, str]:
@@ -60,7 +53,7 @@ def demand_by_month_and_weather(train: pd.DataFrame, save_to=None) -> tuple[Figu
     finding = (f"Demand is highest in {season.idxmax()} ({season.max():.0f}/hour) and lowest in {season.idxmin()} "
                f"({season.min():.0f}/hour); rain or snow cuts it to {weather['mean'].get('light rain/snow', np.nan):.0f}"
                f"/hour from {weather['mean'].get('clear', np.nan):.0f} in clear weather.{growth}")
-    return _save(fig, save_to), finding
+    return save_figure(fig, save_to), finding
 
 
 def feature_histograms(train: pd.DataFrame, save_to=None) -> tuple[Figure, str]:
@@ -76,7 +69,7 @@ def feature_histograms(train: pd.DataFrame, save_to=None) -> tuple[Figure, str]:
     finding = (f"`count` is right-skewed (median {train['count'].median():.0f}, max {train['count'].max()}); "
                f"log1p makes it far more symmetric, which is why a log target fits RMSLE. "
                f"{zero_wind:.0%} of hours record windspeed 0, likely missing readings.")
-    return _save(fig, save_to), finding
+    return save_figure(fig, save_to), finding
 
 
 def correlation_heatmap(train: pd.DataFrame, save_to=None) -> tuple[Figure, str]:
@@ -97,4 +90,4 @@ def correlation_heatmap(train: pd.DataFrame, save_to=None) -> tuple[Figure, str]
                f"sum to `count`, so they are targets, never inputs. Among inputs, {with_count.index[-1]} "
                f"({with_count.iloc[-1]:.2f}) and {with_count.index[0]} ({with_count.iloc[0]:.2f}) correlate most; "
                f"`temp` and `atemp` are nearly collinear ({corr.loc['temp', 'atemp']:.2f}).")
-    return _save(fig, save_to), finding
+    return save_figure(fig, save_to), finding
