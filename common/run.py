@@ -138,7 +138,7 @@ def run_project(project: str, notebooks: list[str], profile: str, data_dir: Path
 def build_parser(projects: dict[str, list[str]]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m common.run",
-        description=__doc__.split("\n\n")[0] + "\n\n" + "\n".join(__doc__.split("\n\n")[2:]),
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("projects", nargs="*", metavar="PROJECT",
