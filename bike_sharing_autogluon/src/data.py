@@ -130,6 +130,11 @@ def _number(value: float) -> str:
     return f"{round(value, 4):g}"
 
 
+def _uci_timestamps(hour: pd.DataFrame) -> pd.Series:
+    """UCI gives the day and the hour separately; Kaggle's datetime is their sum."""
+    return pd.to_datetime(hour["dteday"]) + pd.to_timedelta(hour["hr"].astype(int), unit="h")
+
+
 def kaggle_files_from_uci(hour: pd.DataFrame) -> dict[str, str]:
     """Derive Kaggle's train.csv, test.csv and sampleSubmission.csv (as text) from UCI's hour.csv.
 
@@ -138,7 +143,7 @@ def kaggle_files_from_uci(hour: pd.DataFrame) -> dict[str, str]:
     missing = [c for c in UCI_COLUMNS if c not in hour.columns]
     if missing:
         raise ValueError(f"hour.csv: missing column(s) {missing}")
-    stamp = pd.to_datetime(hour["dteday"]) + pd.to_timedelta(hour["hr"].astype(int), unit="h")
+    stamp = _uci_timestamps(hour)
     out = pd.DataFrame({
         "datetime": stamp.dt.strftime("%Y-%m-%d %H:%M:%S"),
         "season": hour["season"].astype(int).astype(str),
@@ -164,7 +169,7 @@ def kaggle_files_from_uci(hour: pd.DataFrame) -> dict[str, str]:
 
 def truth_from_uci(hour: pd.DataFrame) -> pd.Series:
     """True hourly counts of the test period (day >= 20), indexed by datetime."""
-    stamp = pd.to_datetime(hour["dteday"]) + pd.to_timedelta(hour["hr"].astype(int), unit="h")
+    stamp = _uci_timestamps(hour)
     counts = pd.Series(hour["cnt"].astype(int).to_numpy(), index=pd.DatetimeIndex(stamp, name="datetime"), name="count")
     return counts[counts.index.day >= 20]
 
