@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import threading
 import time
 import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
 
 from common import paths, report
+from common.resources import PeakMemory
 
 PROFILES = {
     "quick": "small budgets: every project in minutes, for a first look",
@@ -38,41 +38,6 @@ def load_projects(pyproject: Path = paths.REPO_ROOT / "pyproject.toml") -> dict[
         return dict(config["tool"]["portfolio"]["projects"])
     except KeyError:
         raise ValueError(f"{pyproject} has no [tool.portfolio.projects] table") from None
-
-
-class PeakMemory:
-    """Samples the summed resident memory of this process's children (the notebook
-    kernel and whatever it spawns, e.g. AutoGluon workers) in a background thread."""
-
-    def __init__(self, interval: float = 0.5) -> None:
-        import psutil
-
-        self._me = psutil.Process()
-        self._interval = interval
-        self._stop = threading.Event()
-        self.peak_bytes = 0
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        import psutil
-
-        while not self._stop.is_set():
-            total = 0
-            for child in self._me.children(recursive=True):
-                try:
-                    total += child.memory_info().rss
-                except psutil.Error:  # the child exited between listing and reading
-                    pass
-            self.peak_bytes = max(self.peak_bytes, total)
-            self._stop.wait(self._interval)
-
-    def __enter__(self) -> "PeakMemory":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 class NotebookFailed(RuntimeError):
@@ -115,7 +80,7 @@ def run_project(project: str, notebooks: list[str], profile: str, data_dir: Path
     report_dir = paths.report_dir(project, reports_root / project)
     started = time.perf_counter()
     parameters = {"PROFILE": profile, "DATA_DIR": str(data_dir), "REPORT_DIR": str(report_dir)}
-    with PeakMemory() as memory:
+    with PeakMemory(interval=0.5) as memory:
         for name in notebooks:
             print(f"[{project}] running {name} (profile {profile}, DATA_DIR {data_dir})", flush=True)
             run_notebook(root / project / name, report_dir / name, parameters, stream=stream)
