@@ -1,0 +1,81 @@
+"""Train one experiment and produce everything the report shows for it.
+
+Test images are used here once per model, after training and model selection on the
+validation split are over.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from common import metrics, plotting
+from common.torchkit import measure, seed_everything
+from mnist_classifier.src.data import CLASSES, MnistData, denormalise
+from mnist_classifier.src.experiments import Experiment
+from mnist_classifier.src.model import count_parameters, export_torchscript, save_state_dict
+from mnist_classifier.src.train import History, evaluate, fit
+
+
+@dataclass
+class ModelResult:
+    experiment: Experiment
+    model: torch.nn.Module
+    history: History
+    row: dict           # one row of the comparison table
+    per_class: pd.DataFrame
+    figures: list[dict]  # {"title", "path"} relative to the report folder
+    torchscript: Path
+
+
+def train_and_report(experiment: Experiment, data: MnistData, report_dir: Path, model_dir: Path, *,
+                     device: torch.device | str = "cpu", seed: int = 0) -> ModelResult:
+    """Train `experiment`, evaluate it once on the test set, save figures, state_dict and TorchScript."""
+    seed_everything(seed)
+    model = experiment.build()
+    with measure() as cost:
+        history = fit(model, data, experiment.config, device=device, seed=seed, name=experiment.name)
+    model.cpu()
+    test = evaluate(model, data.test)
+    name = experiment.name
+    figures_dir = report_dir / "figures"
+
+    plotting.loss_curves(history.as_dict(), lr=history.lr, title=f"{name}: loss and accuracy per epoch",
+                         save_to=figures_dir / f"{name}_curves.png")
+    cm = metrics.confusion_matrix(data.test.labels.numpy(), test.predictions.numpy(), num_classes=10)
+    plotting.confusion_matrix_plot(cm, CLASSES, title=f"{name}: confusion matrix (test)",
+                                   save_to=figures_dir / f"{name}_confusion.png")
+    wrong = torch.nonzero(test.predictions != data.test.labels).flatten()[:20]
+    if len(wrong):
+        plotting.image_grid(denormalise(data.test.images[wrong]).squeeze(1).numpy(),
+                            [f"{int(data.test.labels[i])} as {int(test.predictions[i])} "
+                             f"(p {float(test.probabilities[i].max()):.2f})" for i in wrong],
+                            ncols=5, title=f"{name}: misclassified test digits, true as predicted",
+                            save_to=figures_dir / f"{name}_misclassified.png")
+    figures = [{"title": f"{name}: loss and accuracy per epoch", "path": f"figures/{name}_curves.png"},
+               {"title": f"{name}: confusion matrix", "path": f"figures/{name}_confusion.png"}]
+    if len(wrong):
+        figures.append({"title": f"{name}: misclassified test digits", "path": f"figures/{name}_misclassified.png"})
+
+    save_state_dict(model, model_dir / f"{name}.pth")
+    torchscript = export_torchscript(model, model_dir / f"{name}.pt")
+    per_class = metrics.per_class_report(data.test.labels.numpy(), test.predictions.numpy(), CLASSES)
+    epochs_run = len(history.epoch)
+    row = {
+        "model": name,
+        "what": experiment.description,
+        "parameters": count_parameters(model),
+        "epochs run": epochs_run,
+        "best epoch": history.best_epoch,
+        "valid accuracy": round(max(history.valid_accuracy), 4),
+        "test accuracy": round(test.accuracy, 4),
+        "test errors": int((test.predictions != data.test.labels).sum()),
+        "train seconds": round(cost.seconds, 1),
+        "train images/s": round(len(data.train) * epochs_run / history.seconds),
+        "peak memory MB": cost.peak_memory_mb,
+    }
+    print(f"{name}: test accuracy {test.accuracy:.2%} ({row['test errors']} errors), "
+          f"{cost.seconds:.0f} s, peak {cost.peak_memory_mb:.0f} MB")
+    return ModelResult(experiment, model, history, row, per_class, figures, torchscript)

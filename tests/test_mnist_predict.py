@@ -1,0 +1,150 @@
+"""The predictor: MNIST-style preprocessing of any image, every bad input, the CLI, and the notebook."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from common.images import ImageError
+from mnist_classifier.src import predict
+from mnist_classifier.src.data import MEAN, STD
+from mnist_classifier.src.model import MLP, export_torchscript
+
+
+def bar(width: int = 200, height: int = 300, *, dark_on_light: bool = True, mode: str = "L") -> Image.Image:
+    """A vertical stroke (a "1") off-centre on a non-square canvas."""
+    background, ink = (255, 0) if dark_on_light else (0, 255)
+    image = Image.new("L", (width, height), background)
+    ImageDraw.Draw(image).rectangle([40, 30, 60, 250], fill=ink)
+    return image.convert(mode)
+
+
+def ink_box(pixels: np.ndarray) -> tuple[int, int]:
+    rows, cols = np.nonzero(pixels > 0.2)
+    return rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+
+
+def test_layout_centres_by_mass_fits_20_pixels_and_keeps_the_aspect_ratio():
+    pixels = predict.to_mnist_layout(np.asarray(bar(), dtype=np.float32) / 255)
+    assert pixels.shape == (28, 28)
+    cy, cx = ndimage.center_of_mass(pixels)
+    assert abs(cy - 13.5) <= 0.5 and abs(cx - 13.5) <= 0.5
+    height, width = ink_box(pixels)
+    assert height == 20 and width <= 3  # a thin stroke stays thin
+
+
+@pytest.mark.parametrize("dark_on_light", [True, False])
+def test_inversion_is_detected_from_the_border(dark_on_light):
+    pixels = predict.to_mnist_layout(np.asarray(bar(dark_on_light=dark_on_light), dtype=np.float32) / 255)
+    assert pixels[0].max() == 0 and pixels.max() == pytest.approx(1.0, abs=0.05)  # white digit, black frame
+
+
+def test_explicit_invert_overrides_the_guess():
+    light = np.asarray(bar(), dtype=np.float32) / 255
+    assert ink_box(predict.to_mnist_layout(light, invert=True)) == ink_box(predict.to_mnist_layout(light))
+    with pytest.raises(ValueError, match="blank"):  # read as white-on-black, dark ink is no ink at all
+        predict.to_mnist_layout(light, invert=False)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16"])
+def test_preprocess_accepts_every_source_and_mode(mode, tmp_path):
+    image = bar(mode=mode) if mode != "I;16" else Image.fromarray(np.asarray(bar(), dtype=np.uint16) * 257)
+    path = tmp_path / "digit.png"
+    image.save(path)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    reference = predict.preprocess(bar())
+    for source in (path, str(path), buffer.getvalue(), image, np.asarray(bar())):
+        x = predict.preprocess(source)
+        assert x.shape == (1, 1, 28, 28) and x.dtype == torch.float32
+        assert torch.allclose(x, reference, atol=0.05), type(source)
+    assert x.min() == pytest.approx((0 - MEAN) / STD)
+
+
+def test_jpeg_input(tmp_path):
+    path = tmp_path / "digit.jpg"
+    bar().convert("RGB").save(path, quality=85)
+    assert torch.allclose(predict.preprocess(path), predict.preprocess(bar()), atol=0.3)
+
+
+@pytest.mark.parametrize("source, message", [
+    (b"", "0 bytes"),
+    (b"definitely not an image", "not an image"),
+    (np.zeros((0, 5)), "empty"),
+    (Image.new("L", (50, 50), 255), "blank"),
+])
+def test_bad_inputs_raise_a_clear_value_error(source, message):
+    with pytest.raises(ValueError, match=message):
+        predict.preprocess(source)
+
+
+def test_truncated_missing_empty_and_huge_files_name_the_file(tmp_path):
+    good = io.BytesIO()
+    bar().save(good, "PNG")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.getvalue()[:200])
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    huge = tmp_path / "huge.png"
+    Image.new("1", (6000, 5000)).save(huge)  # 30 MP: over the predictor's 25 MP limit, small on disk
+    for path, message in ((truncated, "cannot decode"), (empty, "empty"), (tmp_path / "missing.png", "no such file"),
+                          (huge, "too large")):
+        with pytest.raises(ImageError, match=message) as caught:
+            predict.preprocess(path)
+        assert str(path) in str(caught.value)
+
+
+@pytest.fixture
+def exported_model(tmp_path) -> Path:
+    torch.manual_seed(0)
+    return export_torchscript(MLP((16,)), tmp_path / "mlp.pt")
+
+
+def test_predictor_returns_a_digit_and_ten_probabilities(exported_model):
+    result = predict.DigitPredictor(exported_model).predict(bar())
+    assert 0 <= result.digit <= 9 and len(result.probabilities) == 10
+    assert sum(result.probabilities) == pytest.approx(1.0, abs=1e-4)
+    assert result.confidence == max(result.probabilities)
+
+
+def test_missing_model_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        predict.DigitPredictor(tmp_path / "nope.pt")
+
+
+def test_cli_prints_one_line_per_image_and_reports_bad_ones(exported_model, tmp_path, capsys):
+    good = tmp_path / "one.png"
+    bar().save(good)
+    bad = tmp_path / "bad.png"
+    bad.write_text("not a png")
+    assert predict.main([str(good), str(bad), "--model", str(exported_model)]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{good}: ") and "p=" in out
+    assert str(bad) in err and "not an image" in err
+    assert predict.main([str(good), "--model", str(tmp_path / "none.pt")]) == 2
+    with pytest.raises(SystemExit):
+        predict.main(["--help"])
+    assert "dark-on-light" in capsys.readouterr().out
+
+
+def test_notebook_runs_end_to_end_in_the_tiny_profile(tmp_path, monkeypatch):
+    from common import report, run
+
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    empty = tmp_path / "data"
+    empty.mkdir()
+    metrics = run.run_project("mnist_classifier", ["mnist_classifier.ipynb"], "tiny", empty, tmp_path / "reports")
+    folder = tmp_path / "reports" / "mnist_classifier"
+    assert metrics["profile"] == "tiny" and metrics["data"]["stand_in"] in (True, False)
+    models = report.read_metrics(folder)["tables"][0]
+    assert [row[0] for row in models["rows"]] == ["mlp_baseline", "mlp_improved", "mlp_bn_onecycle",
+                                                   "mlp_bn_onecycle_aug", "cnn"]
+    for figure in metrics["figures"]:
+        assert (folder / figure["path"]).is_file(), figure
+    assert sorted(p.name for p in (folder / "models").glob("*.pt")) == sorted(
+        f"{row[0]}.pt" for row in models["rows"])
