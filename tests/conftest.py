@@ -7,6 +7,8 @@ from pathlib import Path
 import matplotlib
 import pytest
 
+import common  # noqa: F401  (sets OpenMP's passive wait policy before any test imports torch)
+
 matplotlib.use("Agg")
 
 

@@ -131,3 +131,11 @@ def test_committed_models_reach_their_targets_on_the_mnist_test_set(real_data_di
     assert accuracy["mlp_baseline"] >= 0.972
     assert max(v for k, v in accuracy.items() if k.startswith("mlp")) >= 0.985
     assert accuracy["cnn"] >= 0.996
+
+
+def test_benchmark_reports_every_model_with_ratios_to_the_baseline():
+    from mnist_classifier.benchmark import benchmark
+
+    table = benchmark(repeats=1, train_batches=1)
+    assert table["model"].tolist() == [e.name for e in EXPERIMENTS]
+    assert (table["train images/s"] > 0).all() and table["train speed vs baseline"].iloc[0] == 1.0
