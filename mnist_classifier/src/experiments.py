@@ -37,10 +37,10 @@ EXPERIMENTS = (
                lambda: MLP((256, 128), dropout=0.2, batch_norm=True),
                TrainConfig(epochs=25, batch_size=128, optimizer="sgd", lr=0.2, momentum=0.9, weight_decay=1e-4,
                            schedule="onecycle", augment=True)),
-    Experiment("cnn", "CNN: 3 conv-BN-ReLU blocks (32-64-128), global pooling, augmentation, one-cycle SGD, "
+    Experiment("cnn", "CNN: 4 conv-BN-ReLU blocks (32-64-128-128), global pooling, augmentation, one-cycle SGD, "
                       "early stopping",
-               lambda: CNN((32, 64, 128)),
-               TrainConfig(epochs=15, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
+               lambda: CNN((32, 64, 128, 128)),
+               TrainConfig(epochs=12, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
                            schedule="onecycle", augment=True, patience=5)),
 )
 
