@@ -1,0 +1,140 @@
+"""Load test of the local stack: N workflow executions from C concurrent clients.
+
+    python -m scones_workflow.src.load --model artifacts/full/model.pt --data-dir ../shared/data
+
+Starts the inference server (with data capture into a fresh folder) and the local workflow, runs
+`--executions` executions over the test images with `--concurrency` client threads, then checks that
+every execution ended (SUCCEEDED or FAILED, none RUNNING) and that the capture holds exactly one
+record per endpoint invocation (none lost, none duplicated). It also measures the endpoint alone:
+`invoke_endpoint` calls from the same number of clients, in images per second.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import cycle, islice
+from pathlib import Path
+
+import boto3
+import numpy as np
+
+from common import paths
+
+from . import data, monitor
+from .capture import CaptureWriter
+from .model import Predictor
+from .server import InferenceServer
+from .workflow import LocalWorkflow
+
+TARGETS = {"p50_ms": 100, "p99_ms": 300, "endpoint_images_per_s": 50}
+# Per profile: (workflow executions, concurrent clients, direct endpoint requests); the issue's test is `full`.
+SIZES = {"tiny": (24, 4, 24), "quick": (100, 8, 100), "full": (200, 8, 200)}
+
+
+def _percentiles(latencies_ms: Sequence[float]) -> dict[str, float]:
+    values = np.asarray(latencies_ms, dtype=float)
+    return {"p50_ms": round(float(np.percentile(values, 50)), 1), "p99_ms": round(float(np.percentile(values, 99)), 1),
+            "mean_ms": round(float(values.mean()), 1)}
+
+
+def endpoint_throughput(url: str, images: Sequence[bytes], requests: int, concurrency: int) -> dict[str, float]:
+    """`invoke_endpoint` straight at the server, `concurrency` clients at a time."""
+    runtime = boto3.client("sagemaker-runtime", endpoint_url=url, region_name="us-east-1",
+                           aws_access_key_id="local", aws_secret_access_key="local")
+
+    def call(image: bytes) -> float:
+        started = time.perf_counter()
+        runtime.invoke_endpoint(EndpointName="scones-endpoint", ContentType="image/png", Body=image)["Body"].read()
+        return (time.perf_counter() - started) * 1000
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        latencies = list(pool.map(call, islice(cycle(images), requests)))
+    wall = time.perf_counter() - started
+    return {"endpoint_requests": requests, "endpoint_images_per_s": round(requests / wall, 1),
+            **{f"endpoint_{k}": v for k, v in _percentiles(latencies).items()}}
+
+
+def run_load(predict: Callable[[bytes], list[float]], images: dict[str, bytes], *, executions: int = 200,
+             concurrency: int = 8, endpoint_requests: int = 200, capture_dir: Path | None = None,
+             threshold: float = 0.94) -> dict:
+    """Run the load test; returns the numbers the report shows (and `checks_passed`).
+    `capture_dir` is emptied first: the count check needs the captures of this run only."""
+    capture_dir = Path(capture_dir or tempfile.mkdtemp(prefix="scones-load-"))
+    shutil.rmtree(capture_dir, ignore_errors=True)
+    capture = CaptureWriter(str(capture_dir), "scones-endpoint")
+    server = InferenceServer(predict, port=0, capture=capture).start()
+    try:
+        with LocalWorkflow(server.url, threshold=threshold) as workflow:
+            keys = [workflow.put_image(name, content) for name, content in images.items()]
+            started = time.perf_counter()
+            results = workflow.run_many(islice(cycle(keys), executions), concurrency=concurrency)
+            wall = time.perf_counter() - started
+            workflow_invocations = server.invocations
+        endpoint = endpoint_throughput(server.url, list(images.values()), endpoint_requests, concurrency)
+    finally:
+        server.stop()  # flushes the capture buffer
+    captures = monitor.read_captures(capture_dir)
+    statuses = results["status"].value_counts().to_dict()
+    total_invocations = workflow_invocations + endpoint["endpoint_requests"]
+    summary = {
+        "executions": executions, "concurrency": concurrency,
+        "succeeded": int(statuses.get("SUCCEEDED", 0)), "failed": int(statuses.get("FAILED", 0)),
+        "all_terminal": bool(results["status"].isin(["SUCCEEDED", "FAILED"]).all()),
+        "failure_errors": results["error"].dropna().value_counts().to_dict(),
+        **_percentiles(results["latency_ms"]),
+        "executions_per_s": round(executions / wall, 1),
+        "wall_s": round(wall, 1),
+        **endpoint,
+        "endpoint_invocations": server.invocations,
+        "capture_records": len(captures),
+        "unique_event_ids": int(captures["event_id"].nunique()),
+        "capture_files": len(capture.files_written),
+        "capture_dir": str(capture_dir),
+    }
+    summary["captures_match"] = (summary["capture_records"] == summary["unique_event_ids"] == total_invocations
+                                 == server.invocations)
+    summary["checks_passed"] = summary["all_terminal"] and summary["captures_match"]
+    summary["targets_met"] = {name: (summary[name] <= limit if name.endswith("_ms") else summary[name] >= limit)
+                              for name, limit in TARGETS.items()}
+    return summary
+
+
+def test_images(data_dir: Path, limit: int | None = None) -> dict[str, bytes]:
+    """The staged test images as S3 keys -> PNG bytes."""
+    staged = data.stage(data_dir)
+    frame = staged.test.iloc[:limit]
+    return {f: (staged.root / f).read_bytes() for f in frame["file"]}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m scones_workflow load", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="TorchScript model written by `train` (model.pt)")
+    parser.add_argument("--data-dir", default=None, help="datasets folder (default: $DATA_DIR, else ./data)")
+    parser.add_argument("--executions", type=int, default=200, help="workflow executions (default 200)")
+    parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
+    parser.add_argument("--endpoint-requests", type=int, default=200,
+                        help="direct invoke_endpoint calls for the endpoint throughput (default 200)")
+    parser.add_argument("--capture-dir", default=None, help="where captures go (default: a new temp folder)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for inference (default: all)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    predictor = Predictor(args.model, threads=args.threads)
+    summary = run_load(predictor, test_images(paths.data_dir(args.data_dir)), executions=args.executions,
+                       concurrency=args.concurrency, endpoint_requests=args.endpoint_requests,
+                       capture_dir=Path(args.capture_dir) if args.capture_dir else None)
+    print(json.dumps(summary, indent=2))
+    return 0 if summary["checks_passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
