@@ -1,0 +1,1 @@
+"""Landmark classifier: data, models, training, transfer learning and the TorchScript predictor."""
