@@ -44,7 +44,14 @@ class NotebookFailed(RuntimeError):
     pass
 
 
-def run_notebook(notebook: Path, output: Path, parameters: dict, *, stream: bool) -> None:
+# A cell that runs longer than this is taken to hang (a headless kernel waiting for a widget,
+# say) and fails the run instead of blocking it forever; the longest cells of the full profile
+# (AutoGluon stages, the MNIST CNN) take about 15 minutes on 2 cores.
+CELL_TIMEOUT_SECONDS = 3600
+
+
+def run_notebook(notebook: Path, output: Path, parameters: dict, *, stream: bool,
+                 cell_timeout: int = CELL_TIMEOUT_SECONDS) -> None:
     """Execute one notebook with papermill; a failing cell raises NotebookFailed naming it.
 
     `stream` copies what the cells print (stage results, progress bars) to this terminal;
@@ -60,6 +67,7 @@ def run_notebook(notebook: Path, output: Path, parameters: dict, *, stream: bool
             cwd=str(notebook.parent),
             kernel_name="python3",
             progress_bar=not stream,
+            execution_timeout=cell_timeout,
             stdout_file=sys.stdout if stream else None,
             stderr_file=sys.stderr if stream else None,
         )
@@ -69,10 +77,16 @@ def run_notebook(notebook: Path, output: Path, parameters: dict, *, stream: bool
             f"(execution count {err.exec_count}): {err.ename}: {err.evalue}\n"
             f"  the executed notebook with the traceback is {output}"
         ) from None
+    except TimeoutError:  # nbclient's CellTimeoutError: the cell ran too long, or hangs
+        raise NotebookFailed(
+            f"{notebook.name}: a cell ran longer than {cell_timeout} s and was stopped (a hang?)\n"
+            f"  the executed notebook up to that cell is {output}"
+        ) from None
 
 
 def run_project(project: str, notebooks: list[str], profile: str, data_dir: Path, reports_root: Path, *,
-                stream: bool = False, root: Path = paths.REPO_ROOT) -> dict:
+                stream: bool = False, root: Path = paths.REPO_ROOT,
+                cell_timeout: int = CELL_TIMEOUT_SECONDS) -> dict:
     """Run the notebooks of `root/project`; returns its metrics with the `run` record added.
 
     The project's report folder is emptied first, so it never mixes files of two runs."""
@@ -83,7 +97,8 @@ def run_project(project: str, notebooks: list[str], profile: str, data_dir: Path
     with PeakMemory(interval=0.5) as memory:
         for name in notebooks:
             print(f"[{project}] running {name} (profile {profile}, DATA_DIR {data_dir})", flush=True)
-            run_notebook(root / project / name, report_dir / name, parameters, stream=stream)
+            run_notebook(root / project / name, report_dir / name, parameters, stream=stream,
+                         cell_timeout=cell_timeout)
     metrics_path = report_dir / "metrics.json"
     if not metrics_path.exists():
         raise NotebookFailed(f"{project}: the notebooks ran but wrote no {metrics_path}")

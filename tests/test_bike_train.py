@@ -58,7 +58,7 @@ def test_notebook_runs_end_to_end_in_the_tiny_profile(tmp_path):
 
     projects = run.load_projects()
     metrics = run.run_project("bike_sharing_autogluon", projects["bike_sharing_autogluon"], "tiny",
-                              data_dir(), tmp_path)
+                              data_dir(), tmp_path, cell_timeout=300)
     folder = tmp_path / "bike_sharing_autogluon"
     assert report.read_metrics(folder) == metrics
     assert [row["stage"] for row in metrics["stages"]] == [s.name for s in train.STAGES]

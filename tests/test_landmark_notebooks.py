@@ -29,7 +29,8 @@ def test_notebooks_run_end_to_end_in_the_tiny_profile(tmp_path, monkeypatch):
     monkeypatch.setenv("LANDMARK_OFFLINE", "1")  # no download attempt: straight to the stand-in
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    metrics = run.run_project("landmark_classifier", NOTEBOOKS, "tiny", data_dir, tmp_path / "reports")
+    metrics = run.run_project("landmark_classifier", NOTEBOOKS, "tiny", data_dir, tmp_path / "reports",
+                              cell_timeout=300)
     folder = tmp_path / "reports" / "landmark_classifier"
     assert json.loads((folder / "metrics.json").read_text()) == metrics
     assert metrics["profile"] == "tiny" and metrics["data"]["stand_in"] is True

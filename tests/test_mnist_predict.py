@@ -138,7 +138,8 @@ def test_notebook_runs_end_to_end_in_the_tiny_profile(tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     empty = tmp_path / "data"
     empty.mkdir()
-    metrics = run.run_project("mnist_classifier", ["mnist_classifier.ipynb"], "tiny", empty, tmp_path / "reports")
+    metrics = run.run_project("mnist_classifier", ["mnist_classifier.ipynb"], "tiny", empty, tmp_path / "reports",
+                              cell_timeout=300)
     folder = tmp_path / "reports" / "mnist_classifier"
     assert metrics["profile"] == "tiny" and metrics["data"]["stand_in"] in (True, False)
     models = report.read_metrics(folder)["tables"][0]

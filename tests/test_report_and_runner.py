@@ -102,6 +102,14 @@ def test_runner_executes_passes_parameters_and_records_the_run(tmp_path, capsys)
 
 
 @pytest.mark.slow
+def test_a_hanging_cell_fails_the_run_instead_of_blocking_it(tmp_path):
+    write_notebook(tmp_path / "demo" / "demo.ipynb", "import time; time.sleep(60)")
+    with pytest.raises(run.NotebookFailed, match="demo.ipynb: a cell ran longer than 2 s"):
+        run.run_project("demo", ["demo.ipynb"], "tiny", tmp_path, tmp_path / "reports", root=tmp_path,
+                        cell_timeout=2)
+
+
+@pytest.mark.slow
 def test_runner_names_the_failing_notebook_and_cell(tmp_path):
     write_notebook(tmp_path / "demo" / "demo.ipynb", "raise ValueError('bad column temp')")
     with pytest.raises(run.NotebookFailed, match=r"demo.ipynb failed in cell \d+ .*ValueError: bad column temp"):

@@ -29,7 +29,7 @@ def test_notebook_runs_end_to_end_in_the_tiny_profile_on_the_stand_in(tmp_path):
     empty_data_dir = tmp_path / "data"  # nothing there and no network: the stand-in is generated
     empty_data_dir.mkdir()
     metrics = run.run_project("scones_workflow", ["scones_workflow.ipynb"], "tiny", empty_data_dir,
-                              tmp_path / "reports")
+                              tmp_path / "reports", cell_timeout=300)
     folder = tmp_path / "reports" / "scones_workflow"
     assert report.read_metrics(folder) == metrics
     assert metrics["profile"] == "tiny" and metrics["data"]["stand_in"] is True
