@@ -108,7 +108,7 @@ def evaluate(model: nn.Module, split: Split, device: torch.device | str = "cpu",
     logits = torch.cat([model(x.to(device)).float().cpu() for x, _ in batches(split, batch_size)])
     return Evaluation(
         loss=F.cross_entropy(logits, split.labels).item(),
-        accuracy=(logits.argmax(1) == split.labels).float().mean().item(),
+        accuracy=(logits.argmax(1) == split.labels).sum().item() / len(split),  # exact, not float32
         predictions=logits.argmax(1),
         probabilities=logits.softmax(1),
     )
