@@ -122,13 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--endpoint-requests", type=int, default=200,
                         help="direct invoke_endpoint calls for the endpoint throughput (default 200)")
     parser.add_argument("--capture-dir", default=None, help="where captures go (default: a new temp folder)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads for inference (default: all)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    predictor = Predictor(args.model, threads=args.threads)
+    predictor = Predictor(args.model)
     summary = run_load(predictor, test_images(paths.data_dir(args.data_dir)), executions=args.executions,
                        concurrency=args.concurrency, endpoint_requests=args.endpoint_requests,
                        capture_dir=Path(args.capture_dir) if args.capture_dir else None)
