@@ -66,3 +66,31 @@ def test_batches_cover_every_sample_once():
     split = mnist_data.Split(torch.arange(10).float().reshape(10, 1, 1, 1), torch.arange(10))
     seen = torch.cat([y for _, y in mnist_data.batches(split, 3, shuffle=True, generator=torch.Generator().manual_seed(0))])
     assert sorted(seen.tolist()) == list(range(10)) and seen.tolist() != list(range(10))
+
+
+def test_a_read_only_data_dir_is_read_through_a_writable_copy(tmp_path, monkeypatch):
+    """torchvision unpacks the .gz files beside them; where it may not write, a temp copy is used."""
+    import gzip
+
+    import torchvision.datasets.mnist as tv_mnist
+
+    shared = tmp_path / "shared"
+    write_idx(shared / "unpacked", "train", np.zeros((20, 28, 28), np.uint8), np.arange(20, dtype=np.uint8) % 10)
+    write_idx(shared / "unpacked", "t10k", np.zeros((10, 28, 28), np.uint8), np.arange(10, dtype=np.uint8))
+    raw = shared / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for unpacked in (shared / "unpacked").iterdir():
+        (raw / f"{unpacked.name}.gz").write_bytes(gzip.compress(unpacked.read_bytes()))
+    monkeypatch.setattr(tv_mnist.MNIST, "resources", [(name, None) for name, _ in tv_mnist.MNIST.resources])
+    real_unpack = tv_mnist.download_and_extract_archive
+
+    def unpack(url, download_root, **kwargs):
+        if Path(download_root).is_relative_to(shared):
+            raise PermissionError(13, "Permission denied", download_root)
+        return real_unpack(url, download_root, **kwargs)
+
+    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", unpack)
+    monkeypatch.setattr(mnist_data.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    data = mnist_data.load_mnist(shared, valid_size=5)
+    assert not data.stand_in and len(data.test) == 10
+    assert not list(raw.glob("*-ubyte")) and list((tmp_path / "tmp").rglob("t10k-images-idx3-ubyte"))
