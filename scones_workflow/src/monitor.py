@@ -6,7 +6,6 @@ JSON Lines under a local folder or an `s3://` prefix, outputs encoded as JSON, C
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 from collections.abc import Mapping
@@ -14,10 +13,10 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from PIL import Image
 from scipy.stats import chi2_contingency
 
 from common import plotting, s3io
+from common.images import load_image
 
 from .data import CLASSES
 
@@ -134,7 +133,8 @@ def thumbnails(captures: pd.DataFrame, *, limit: int = 10, title: str = "", save
     shown = captures.dropna(subset=["input_data"]).head(limit)
     if shown.empty:
         return None
-    images = [np.asarray(Image.open(io.BytesIO(base64.b64decode(d))).convert("RGB")) for d in shown["input_data"]]
+    images = [np.asarray(load_image(base64.b64decode(d), name=f"captured input of event {e}"))
+              for d, e in zip(shown["input_data"], shown["event_id"])]
     truth = shown["true_label"] if "true_label" in shown else [None] * len(shown)
     labels = [f"{p} {c:.2f}" + (f"\n(true {t})" if isinstance(t, str) else "")
               for p, c, t in zip(shown["predicted_label"], shown["confidence"], truth)]
