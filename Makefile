@@ -19,11 +19,14 @@ help:
 	@echo "make test  [PYTEST_ARGS=...]   run the test suite"
 	@echo "make venv  build .venv from requirements.txt (both targets do this when needed)"
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-tools.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install -r requirements.txt
 	$(VENV)/bin/python -m pip install --quiet --no-deps -e .
+	# checkers whose pins clash with the project's (checkov: boto3 1.35) live in their own venv
+	$(PYTHON) -m venv $(VENV)/tools
+	$(VENV)/tools/bin/python -m pip install --quiet -r requirements-tools.txt
 	touch $@
 
 venv: $(STAMP)
