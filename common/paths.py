@@ -29,3 +29,13 @@ def report_dir(project: str, value: str | os.PathLike | None = None) -> Path:
     path = path if path.is_absolute() else (REPO_ROOT / path).resolve()
     (path / "figures").mkdir(parents=True, exist_ok=True)
     return path
+
+
+def display(path: str | os.PathLike) -> str:
+    """`path` as a committed report should show it: relative to the repository root when inside it.
+
+    Reports travel with the repository; the absolute path of the machine that ran them means
+    nothing anywhere else (and names that machine's user)."""
+    path = Path(path)
+    resolved = path.resolve() if path.is_absolute() else (REPO_ROOT / path).resolve()
+    return str(resolved.relative_to(REPO_ROOT)) if resolved.is_relative_to(REPO_ROOT) else str(path)

@@ -40,6 +40,15 @@ class ExportMismatch(AssertionError):
     """The exported file disagrees with the eager model it came from."""
 
 
+def _restore_modes(module: torch.nn.Module):
+    """A function that puts every submodule back in the train/eval mode it has now.
+
+    Export needs eval mode; a wrapper built for export (new, so in train mode) around a model in
+    eval mode must not leave that model in train mode afterwards."""
+    modes = [(m, m.training) for m in module.modules()]
+    return lambda: [m.train(mode) for m, mode in modes]
+
+
 def _atomic_target(path: str | Path) -> tuple[Path, Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +163,7 @@ def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: str | Path
     import onnx
     import torch
 
+    restore = _restore_modes(module)
     module = module.cpu().eval()
     batch = torch.export.Dim("batch", min=1, max=4096)
     dims: dict[int, Any] = {0: batch}
@@ -176,6 +186,7 @@ def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: str | Path
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+        restore()
     return path
 
 
@@ -184,11 +195,20 @@ def verify_onnx(path: str | Path, module: torch.nn.Module, inputs: Sequence[torc
     """Largest absolute difference between the ONNX file and the eager module over `inputs`.
 
     Raises ExportMismatch naming the input's shape when any output differs by more than `atol`."""
+    session = load_onnx(path)
+    restore = _restore_modes(module)
+    module.eval()
+    try:
+        return _compare(path, session, module, inputs, atol)
+    finally:
+        restore()
+
+
+def _compare(path: str | Path, session: OnnxModel, module: torch.nn.Module, inputs: Sequence[torch.Tensor],
+             atol: float) -> float:
     import torch
 
-    session = load_onnx(path)
     worst = 0.0
-    module = module.eval()
     for x in inputs:
         with torch.no_grad():
             expected = module(x).float().numpy()
@@ -213,6 +233,7 @@ def save_torchscript(module: torch.nn.Module, path: str | Path,
     original course; serving uses the ONNX file."""
     import torch
 
+    restore = _restore_modes(module)
     module = module.cpu().eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -228,6 +249,7 @@ def save_torchscript(module: torch.nn.Module, path: str | Path,
             tmp.replace(path)
         finally:
             tmp.unlink(missing_ok=True)
+            restore()
     return path, how
 
 

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mnist_classifier.src import data as mnist_data
 from mnist_classifier.src.experiments import EXPERIMENTS, experiments
-from mnist_classifier.src.model import CNN, MLP, count_parameters, export_torchscript, save_state_dict
+from common.serving import load_onnx
+from mnist_classifier.src.model import CNN, MLP, count_parameters, export_onnx, export_torchscript, save_state_dict
 from mnist_classifier.src.train import TrainConfig, evaluate, fit, make_optimizer, random_affine, train_epoch
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "mnist_classifier" / "models"
@@ -95,6 +97,9 @@ def test_state_dict_and_torchscript_round_trips_give_identical_logits(build, tmp
     assert torch.equal(reloaded.eval()(x), expected)
     scripted = torch.jit.load(str(export_torchscript(model, tmp_path / "m.pt")))
     assert torch.allclose(scripted(x), expected, atol=1e-6)
+    served = load_onnx(export_onnx(model, tmp_path / "m.onnx", name="m", training_run={})).run(
+        (x * mnist_data.STD + mnist_data.MEAN).numpy())  # pixels: the served model normalises itself
+    assert np.allclose(served, expected.softmax(1).detach().numpy(), atol=1e-5)
 
 
 def test_profiles_scale_epochs_but_keep_one():
@@ -106,6 +111,21 @@ def test_profiles_scale_epochs_but_keep_one():
 
 def committed_models() -> list[Path]:
     return sorted(MODELS_DIR.glob("*.pt"))
+
+
+def test_committed_onnx_models_follow_the_serving_contract():
+    from common.serving import load_onnx
+
+    models = sorted(MODELS_DIR.glob("*.onnx"))
+    if not models:
+        pytest.skip("no committed ONNX models yet: the full-profile run exports them to mnist_classifier/models")
+    assert {p.stem for p in models} == {e.name for e in EXPERIMENTS}
+    for path in models:
+        model = load_onnx(path)
+        assert model.class_names == [str(d) for d in range(10)]
+        assert model.metadata["model_name"] == path.stem and model.metadata["training_run"]["profile"] == "full"
+        probabilities = model.run(torch.rand(3, 1, 28, 28).numpy())
+        assert probabilities.shape == (3, 10) and abs(probabilities.sum(1) - 1).max() < 1e-5
 
 
 def test_committed_torchscript_models_follow_the_contract():
@@ -131,6 +151,14 @@ def test_committed_models_reach_their_targets_on_the_mnist_test_set(real_data_di
     assert accuracy["mlp_baseline"] >= 0.972
     assert max(v for k, v in accuracy.items() if k.startswith("mlp")) >= 0.985
     assert accuracy["cnn"] >= 0.996
+    onnx = MODELS_DIR / "cnn.onnx"
+    if onnx.is_file():  # the served file predicts what the TorchScript one does, on all 10,000 digits
+        from common.serving import load_onnx
+
+        pixels = mnist_data.denormalise(test.images).numpy()
+        served = load_onnx(onnx, threads=2).run(pixels).argmax(1)
+        scripted = evaluate(torch.jit.load(str(MODELS_DIR / "cnn.pt")), test).predictions.numpy()
+        assert (served == scripted).mean() >= 0.9995  # float rounding may flip a borderline digit
 
 
 def test_benchmark_reports_every_model_with_ratios_to_the_baseline():

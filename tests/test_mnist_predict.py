@@ -11,9 +11,9 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from common.images import ImageError
+from common.serving import ModelFileError
 from mnist_classifier.src import predict
-from mnist_classifier.src.data import MEAN, STD
-from mnist_classifier.src.model import MLP, export_torchscript
+from mnist_classifier.src.model import CNN, MLP, export_onnx
 
 
 def bar(width: int = 200, height: int = 300, *, dark_on_light: bool = True, mode: str = "L") -> Image.Image:
@@ -61,15 +61,15 @@ def test_preprocess_accepts_every_source_and_mode(mode, tmp_path):
     reference = predict.preprocess(bar())
     for source in (path, str(path), buffer.getvalue(), image, np.asarray(bar())):
         x = predict.preprocess(source)
-        assert x.shape == (1, 1, 28, 28) and x.dtype == torch.float32
-        assert torch.allclose(x, reference, atol=0.05), type(source)
-    assert x.min() == pytest.approx((0 - MEAN) / STD)
+        assert x.shape == (1, 1, 28, 28) and x.dtype == np.float32  # the served model's input
+        assert np.allclose(x, reference, atol=0.05), type(source)
+    assert x.min() == 0.0 and x.max() == pytest.approx(1.0, abs=0.05)  # pixels; the graph normalises
 
 
 def test_jpeg_input(tmp_path):
     path = tmp_path / "digit.jpg"
     bar().convert("RGB").save(path, quality=85)
-    assert torch.allclose(predict.preprocess(path), predict.preprocess(bar()), atol=0.3)
+    assert np.allclose(predict.preprocess(path), predict.preprocess(bar()), atol=0.3)
 
 
 @pytest.mark.parametrize("source, message", [
@@ -99,10 +99,11 @@ def test_truncated_missing_empty_and_huge_files_name_the_file(tmp_path):
         assert str(path) in str(caught.value)
 
 
-@pytest.fixture
-def exported_model(tmp_path) -> Path:
+@pytest.fixture(scope="module")
+def exported_model(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    return export_torchscript(MLP((16,)), tmp_path / "mlp.pt")
+    return export_onnx(MLP((16,)), tmp_path_factory.mktemp("model") / "mlp.onnx", name="mlp",
+                       training_run={"profile": "test"})
 
 
 def test_predictor_returns_a_digit_and_ten_probabilities(exported_model):
@@ -112,9 +113,35 @@ def test_predictor_returns_a_digit_and_ten_probabilities(exported_model):
     assert result.confidence == max(result.probabilities)
 
 
+def test_the_served_model_agrees_with_the_eager_one(tmp_path):
+    torch.manual_seed(1)
+    model = CNN().eval()
+    path = export_onnx(model, tmp_path / "cnn.onnx", name="cnn", training_run={"profile": "test"})
+    pixels = predict.preprocess(bar())
+    with torch.no_grad():
+        eager = model((torch.from_numpy(pixels) - 0.1307) / 0.3081).softmax(1)[0].numpy()
+    served = predict.DigitPredictor(path).predict(bar())
+    assert np.allclose(served.probabilities, eager, atol=1e-5)
+    assert predict.DigitPredictor(path).model.metadata["model_name"] == "cnn"
+
+
 def test_missing_model_file_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
-        predict.DigitPredictor(tmp_path / "nope.pt")
+    with pytest.raises(ModelFileError, match="nope.onnx"):
+        predict.DigitPredictor(tmp_path / "nope.onnx")
+
+
+def test_the_predictor_imports_no_torch(exported_model, tmp_path):
+    import subprocess
+    import sys
+
+    digit = tmp_path / "one.png"
+    bar().save(digit)
+    code = ("import sys; from mnist_classifier.src import predict; "
+            f"r = predict.DigitPredictor({str(exported_model)!r}).predict({str(digit)!r}); "
+            "assert 'torch' not in sys.modules, 'the predictor imported torch'; print(len(r.probabilities))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "10"
 
 
 def test_cli_prints_one_line_per_image_and_reports_bad_ones(exported_model, tmp_path, capsys):
@@ -126,7 +153,8 @@ def test_cli_prints_one_line_per_image_and_reports_bad_ones(exported_model, tmp_
     out, err = capsys.readouterr()
     assert out.startswith(f"{good}: ") and "p=" in out
     assert str(bad) in err and "not an image" in err
-    assert predict.main([str(good), "--model", str(tmp_path / "none.pt")]) == 2
+    assert predict.main([str(good), "--model", str(tmp_path / "none.onnx")]) == 2
+    assert "none.onnx" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         predict.main(["--help"])
     assert "dark-on-light" in capsys.readouterr().out
@@ -147,5 +175,8 @@ def test_notebook_runs_end_to_end_in_the_tiny_profile(tmp_path, monkeypatch):
                                                    "mlp_bn_onecycle_aug", "cnn"]
     for figure in metrics["figures"]:
         assert (folder / figure["path"]).is_file(), figure
-    assert sorted(p.name for p in (folder / "models").glob("*.pt")) == sorted(
-        f"{row[0]}.pt" for row in models["rows"])
+    for suffix in (".pt", ".onnx"):
+        assert sorted(p.name for p in (folder / "models").glob(f"*{suffix}")) == sorted(
+            f"{row[0]}{suffix}" for row in models["rows"])
+    serving = next(t for t in metrics["tables"] if t["title"].startswith("Serving"))
+    assert {row[1] for row in serving["rows"]} >= {"TorchScript", "ONNX Runtime"}

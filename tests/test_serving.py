@@ -108,3 +108,12 @@ def test_torchscript_round_trip_is_the_seed_format(tmp_path):
 def test_softmax_is_stable():
     p = serving.softmax(np.array([[1000.0, 1000.0], [0.0, -1000.0]]))
     assert np.allclose(p, [[0.5, 0.5], [1.0, 0.0]])
+
+
+def test_export_leaves_every_submodule_in_its_mode(tmp_path):
+    inner = nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2), nn.Flatten(), nn.LazyLinear(2)).eval()
+    inner(torch.zeros(1, 3, 4, 4))
+    wrapper = nn.Sequential(inner)  # new, so in train mode, around a model in eval mode
+    serving.export_onnx(wrapper, torch.rand(2, 3, 4, 4), tmp_path / "m.onnx", metadata={})
+    serving.save_torchscript(wrapper, tmp_path / "m.pt")
+    assert wrapper.training and not any(m.training for m in inner.modules())

