@@ -1,29 +1,45 @@
-"""The AWS code paths against moto (never against AWS): training request, endpoint with capture,
-Lambda zip, test cases, teardown."""
+"""The AWS code paths against moto and botocore stubs (never against AWS): the deploy sequence (twice,
+reusing nothing; blue/green; two variants; the container), the training request against the algorithm's
+documented rules, model.tar.gz, teardown (retained buckets, --delete-data, DELETE_FAILED, twice)."""
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import importlib
 import json
 import random
+import subprocess
 import sys
+import tarfile
 import zipfile
+from pathlib import Path
 
 import boto3
 import pytest
-from moto import mock_aws
+from botocore.stub import ANY, Stubber
 
-from scones_workflow.src import aws
+from scones_workflow.src import aws, cli
+from scones_workflow.src.lambdas import constants
+from tests.scones_aws_fixtures import IMAGE, REGION, ROLE, UPDATES, aws_session, tiny_onnx  # noqa: F401
 
-ROLE = "arn:aws:iam::123456789012:role/sagemaker"
+# moto's CloudFormation skips the bucket policies and the alarm (and says so); test_scones_template checks them.
+pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse AWS.*:UserWarning")
+
+STACK_ID = "arn:aws:cloudformation:us-east-1:123456789012:stack/scones-workflow/1"
 
 
 @pytest.fixture()
-def moto_clients():
-    with mock_aws():
-        yield {name: boto3.client(name, region_name="us-east-1") for name in ("sagemaker", "s3", "cloudformation")}
+def onnx_model(tmp_path):
+    return tiny_onnx(tmp_path / "model" / "scones_classifier.onnx")
 
 
-def test_training_request_uses_the_builtin_algorithm_on_lst_channels():
+def container_config(onnx_model: Path, tmp_path: Path, **overrides) -> aws.DeployConfig:
+    return aws.DeployConfig(role_arn=ROLE, bucket="my-bucket", container=IMAGE, model_path=onnx_model,
+                            work_dir=tmp_path / "deploy", **overrides)
+
+
+# ---------------------------------------------------------------------------- training request
+def test_training_request_follows_the_algorithms_documented_rules():
     spec = aws.TrainingSpec("job-1", ROLE, "s3://b/scones/data", "s3://b/models", num_training_samples=1000)
     uri = aws.image_classification_uri("us-east-1")
     request = aws.training_job_request(spec, uri)
@@ -31,35 +47,307 @@ def test_training_request_uses_the_builtin_algorithm_on_lst_channels():
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in request["InputDataConfig"]}
     assert channels == {"train": "s3://b/scones/data/train/", "validation": "s3://b/scones/data/test/",
                         "train_lst": "s3://b/scones/data/train.lst", "validation_lst": "s3://b/scones/data/test.lst"}
-    assert request["HyperParameters"]["num_classes"] == "2" and request["HyperParameters"]["image_shape"] == "3,32,32"
+    hp = request["HyperParameters"]
+    # pretrained: 224 x 224 only, resize set and larger, num_layers one the pretrained ResNets have
+    assert hp["use_pretrained_model"] == "1" and hp["image_shape"] == "3,224,224"
+    assert int(hp["resize"]) > 224 and int(hp["num_layers"]) in {18, 34, 50, 101, 152, 200}
+    assert hp["num_classes"] == str(len(constants.CLASS_NAMES))
+    scratch = aws.training_job_request(dataclasses.replace(spec, mode="scratch"), uri)["HyperParameters"]
+    assert scratch["use_pretrained_model"] == "0" and scratch["image_shape"] == "3,32,32" and scratch["resize"] == "32"
 
 
-def test_training_job_and_endpoint_with_full_data_capture(moto_clients):
-    sm = moto_clients["sagemaker"]
-    spec = aws.TrainingSpec("job-1", ROLE, "s3://b/scones/data", "s3://b/models", num_training_samples=1000)
-    image = aws.image_classification_uri("us-east-1")
-    sm.create_training_job(**aws.training_job_request(spec, image))
-    assert sm.describe_training_job(TrainingJobName="job-1")["AlgorithmSpecification"]["TrainingImage"] == image
-    aws.deploy_endpoint(sm, name="scones-endpoint", model_data="s3://b/models/model.tar.gz", image_uri=image,
-                        role_arn=ROLE, capture_s3="s3://captures/data_capture")
-    config = sm.describe_endpoint_config(EndpointConfigName="scones-endpoint")["DataCaptureConfig"]
-    assert config["EnableCapture"] and config["InitialSamplingPercentage"] == 100
-    assert {o["CaptureMode"] for o in config["CaptureOptions"]} == {"Input", "Output"}
-    assert sm.describe_endpoint(EndpointName="scones-endpoint")["EndpointConfigName"] == "scones-endpoint"
+@pytest.mark.parametrize("hp,rule", [
+    # the seed's request: pretrained weights at 32 px
+    ({"use_pretrained_model": "1", "image_shape": "3,32,32", "resize": "256", "num_layers": "18"}, "3,224,224"),
+    ({"use_pretrained_model": "1", "image_shape": "3,224,224", "num_layers": "18"}, "resize is required"),
+    ({"use_pretrained_model": "1", "image_shape": "3,224,224", "resize": "224", "num_layers": "18"}, "larger than"),
+    ({"use_pretrained_model": "1", "image_shape": "3,224,224", "resize": "256", "num_layers": "20"}, "num_layers in"),
+    ({"use_pretrained_model": "0", "image_shape": "3,64,64", "resize": "32", "num_layers": "20"}, "nothing to crop"),
+])
+def test_hyperparameters_that_break_the_documentation_are_refused(hp, rule):
+    with pytest.raises(ValueError, match=rule):
+        aws.check_hyperparameters(hp)
 
 
-def test_teardown_is_idempotent(moto_clients):
-    sm, cfn = moto_clients["sagemaker"], moto_clients["cloudformation"]
-    aws.deploy_endpoint(sm, name="scones-endpoint", model_data="s3://b/m.tar.gz", image_uri="img", role_arn=ROLE,
-                        capture_s3="s3://c/d")
-    first = aws.teardown(sm, cfn, endpoint_name="scones-endpoint", stack_name="scones-workflow")
-    second = aws.teardown(sm, cfn, endpoint_name="scones-endpoint", stack_name="scones-workflow")
-    assert first == {"endpoint": True, "endpoint_config": True, "model": True, "stack": False}
-    assert not any(second.values())
+def test_training_job_is_created_in_moto_with_a_timestamped_name(aws_session):
+    sm = aws_session.client("sagemaker")
+    stamp = aws.timestamp(dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.timezone.utc))
+    assert stamp == "20260102-030405-678"
+    spec = aws.TrainingSpec(aws.versioned_name("scones-endpoint", stamp), ROLE, "s3://b/d", "s3://b/m", 1000)
+    assert aws.train(sm, spec, aws.image_classification_uri(REGION), poll_seconds=0).startswith("s3://b/m")
+    assert sm.describe_training_job(TrainingJobName="scones-endpoint-20260102-030405-678")["HyperParameters"][
+        "image_shape"] == "3,224,224"
+    with pytest.raises(ValueError, match="longer than 63"):
+        aws.versioned_name("x" * 50, stamp)
 
 
-def test_generate_test_case_picks_an_image_from_the_bucket(moto_clients):
-    s3 = moto_clients["s3"]
+# ---------------------------------------------------------------------------- container model
+def test_model_tar_gz_unpacks_into_opt_ml_model_as_the_container_expects(onnx_model, tmp_path):
+    from common.serving import read_metadata
+
+    archive = aws.package_model(onnx_model, tmp_path / "out")
+    with tarfile.open(archive) as tar:
+        assert sorted(tar.getnames()) == ["metadata.json", "model.onnx"]  # at the root: /opt/ml/model/model.onnx
+        tar.extractall(tmp_path / "opt" / "ml" / "model", filter="data")
+    unpacked = tmp_path / "opt" / "ml" / "model"
+    assert read_metadata(unpacked / "model.onnx")["class_names"] == list(constants.CLASS_NAMES)
+    assert json.loads((unpacked / "metadata.json").read_text())["model_name"] == "tiny"
+    assert "SCONES_MODEL=/opt/ml/model/model.onnx" in (aws.PROJECT_DIR / "Dockerfile").read_text()
+    again = aws.package_model(onnx_model, tmp_path / "again")
+    assert again.read_bytes() == archive.read_bytes()  # reproducible: same model, same archive
+
+
+def test_model_with_other_classes_or_no_file_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no ONNX model at"):
+        aws.package_model(tmp_path / "missing.onnx", tmp_path)
+    wrong = tiny_onnx(tmp_path / "cats.onnx", class_names=("cat", "dog"))
+    with pytest.raises(ValueError, match="class_names"):
+        aws.package_model(wrong, tmp_path / "out")
+
+
+def test_dockerfile_installs_no_torch():
+    dockerfile = (aws.PROJECT_DIR / "Dockerfile").read_text()
+    installs = " ".join(line for line in dockerfile.splitlines() if not line.lstrip().startswith("#"))
+    assert "torch" not in installs and "onnxruntime" in installs
+
+
+# ---------------------------------------------------------------------------- the deploy sequence
+def test_cli_deploy_delegates_to_the_one_deploy_sequence():
+    source = Path(cli.__file__).read_text()
+    body = source[source.index("def cmd_deploy"):source.index("def cmd_teardown")]
+    assert "aws.deploy_from_args(args)" in body and "create_" not in body and "train(" not in body
+    deploy_and_run = Path(aws.__file__).read_text().split("def deploy_and_run")[1].split("\ndef ")[0]
+    assert "deploy(session, DeployConfig(" in deploy_and_run and "create_" not in deploy_and_run
+
+
+def test_second_deploy_reuses_no_name_and_switches_the_endpoint_blue_green(aws_session, onnx_model, tmp_path):
+    sm, s3 = aws_session.client("sagemaker"), aws_session.client("s3")
+    config = container_config(onnx_model, tmp_path)
+    first = aws.deploy(aws_session, config, log=lambda *_: None)
+    second = aws.deploy(aws_session, config, log=lambda *_: None)
+
+    assert first.endpoint_action == "created" and second.endpoint_action == "updated"
+    assert first.outputs["StackAction"] == "created" and second.outputs["StackAction"] == "updated"
+    assert UPDATES == [("scones-endpoint", second.endpoint_config)]  # update_endpoint, not a re-create
+    assert first.stamp != second.stamp and first.endpoint_config != second.endpoint_config
+    assert set(first.models.values()).isdisjoint(second.models.values())
+    endpoint = sm.describe_endpoint(EndpointName="scones-endpoint")
+    assert endpoint["EndpointConfigName"] == second.endpoint_config
+    # both generations exist (the old fleet until the switch completes), each under its own name
+    configs = {c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]}
+    assert configs == {first.endpoint_config, second.endpoint_config}
+    model = sm.describe_model(ModelName=second.models["AllTraffic"])["PrimaryContainer"]
+    assert model["Image"] == IMAGE and model["ModelDataUrl"].endswith(f"/{second.stamp}/model.tar.gz")
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="my-bucket")["Contents"]}
+    for stamp in (first.stamp, second.stamp):  # code and definition under new keys: CloudFormation sees the change
+        assert {f"scones-workflow/{stamp}/lambdas.zip", f"scones-workflow/{stamp}/workflow.asl.json",
+                f"scones/models/{stamp}/model.tar.gz"} <= keys
+    capture = sm.describe_endpoint_config(EndpointConfigName=second.endpoint_config)["DataCaptureConfig"]
+    assert capture["DestinationS3Uri"] == second.capture_s3 == f"s3://{second.outputs['CaptureBucketName']}/data_capture"
+    assert capture["InitialSamplingPercentage"] == 100
+    assert {o["CaptureMode"] for o in capture["CaptureOptions"]} == {"Input", "Output"}
+
+
+def test_two_variants_keep_the_serving_model_as_primary(aws_session, onnx_model, tmp_path):
+    sm = aws_session.client("sagemaker")
+    config = container_config(onnx_model, tmp_path)
+    with pytest.raises(ValueError, match="deploy once without variants first"):
+        aws.deploy(aws_session, dataclasses.replace(config, variants=True), log=lambda *_: None)
+    first = aws.deploy(aws_session, config, log=lambda *_: None)
+    canary = aws.deploy(aws_session, dataclasses.replace(config, variants=True), log=lambda *_: None)
+    variants = sm.describe_endpoint_config(EndpointConfigName=canary.endpoint_config)["ProductionVariants"]
+    assert [(v["VariantName"], v["InitialVariantWeight"]) for v in variants] == list(constants.VARIANTS.items())
+    assert canary.models == {"Primary": first.models["AllTraffic"], "Challenger": aws.versioned_name(
+        "scones-endpoint", canary.stamp)}
+    promoted = aws.deploy(aws_session, config, log=lambda *_: None)  # again without variants: one variant again
+    assert list(promoted.models) == [constants.DEFAULT_VARIANT]
+
+
+def test_cli_deploy_with_container_and_teardown_twice(aws_session, onnx_model, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["deploy", "--region", REGION, "--role-arn", ROLE, "--bucket", "my-bucket", "--container", IMAGE,
+            "--model", str(onnx_model)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("\n{") + 1:])
+    assert summary["endpoint_action"] == "created" and summary["training_job"] is None
+    sm = aws_session.client("sagemaker")
+    endpoint = sm.describe_endpoint(EndpointName="scones-endpoint")
+    assert endpoint["EndpointStatus"] == "InService" and endpoint["EndpointConfigName"] == summary["endpoint_config"]
+    assert sm.describe_model(ModelName=summary["models"]["AllTraffic"])["PrimaryContainer"]["Image"] == IMAGE
+    assert cli.main(["teardown", "--region", REGION]) == 0
+    first = capsys.readouterr().out
+    assert "deleted endpoint scones-endpoint" in first and "deleted stack scones-workflow" in first
+    assert first.count("kept bucket s3://scones-workflow-") == 2 and "DeletionPolicy Retain" in first
+    assert cli.main(["teardown", "--region", REGION]) == 0
+    second = capsys.readouterr().out
+    assert "nothing to delete" in second and "deleted" not in second and second.count("kept bucket") == 2
+
+
+# ---------------------------------------------------------------------------- stack create / update
+class _S3:
+    def __init__(self):
+        self.uploads = []
+
+    def upload_file(self, path, bucket, key):
+        self.uploads.append((bucket, key))
+
+
+def _stack(status: str, outputs: bool = True) -> dict:
+    stack = {"StackName": "scones-workflow", "StackId": STACK_ID, "StackStatus": status,
+             "CreationTime": dt.datetime(2026, 1, 1)}
+    if outputs:
+        stack["Outputs"] = [{"OutputKey": "CaptureS3Uri", "OutputValue": "s3://capture/data_capture"}]
+    return {"Stacks": [stack]}
+
+
+def _missing_stack(stubber: Stubber) -> None:
+    stubber.add_client_error("describe_stacks", "ValidationError", "Stack with id scones-workflow does not exist",
+                             400)
+
+
+def test_existing_stack_is_updated_and_no_updates_is_success(tmp_path):
+    cfn = boto3.client("cloudformation", region_name=REGION)
+    kwargs = dict(stack_name="scones-workflow", code_bucket="code", endpoint_name="scones-endpoint", role_arn=ROLE,
+                  work_dir=tmp_path)
+    with Stubber(cfn) as stub:
+        stub.add_response("describe_stacks", _stack("CREATE_COMPLETE"), {"StackName": "scones-workflow"})
+        stub.add_response("update_stack", {"StackId": STACK_ID}, {"StackName": "scones-workflow", "TemplateBody": ANY,
+                                                                  "Capabilities": ["CAPABILITY_IAM"], "Parameters": ANY})
+        stub.add_response("describe_stacks", _stack("UPDATE_COMPLETE"), {"StackName": "scones-workflow"})
+        stub.add_response("describe_stacks", _stack("UPDATE_COMPLETE"), {"StackName": "scones-workflow"})
+        assert aws.deploy_stack(cfn, _S3(), stamp="s1", **kwargs)["StackAction"] == "updated"
+
+        stub.add_response("describe_stacks", _stack("UPDATE_COMPLETE"), {"StackName": "scones-workflow"})
+        stub.add_client_error("update_stack", "ValidationError", "No updates are to be performed.", 400)
+        stub.add_response("describe_stacks", _stack("UPDATE_COMPLETE"), {"StackName": "scones-workflow"})
+        assert aws.deploy_stack(cfn, _S3(), stamp="s2", **kwargs)["StackAction"] == "unchanged"
+        stub.assert_no_pending_responses()
+
+
+def test_a_stack_left_in_rollback_complete_is_replaced(tmp_path):
+    cfn = boto3.client("cloudformation", region_name=REGION)
+    with Stubber(cfn) as stub:
+        stub.add_response("describe_stacks", _stack("ROLLBACK_COMPLETE", outputs=False), {"StackName": "scones-workflow"})
+        stub.add_response("delete_stack", {}, {"StackName": "scones-workflow"})
+        _missing_stack(stub)  # the delete waiter: gone
+        stub.add_response("create_stack", {"StackId": STACK_ID}, {"StackName": "scones-workflow", "TemplateBody": ANY,
+                                                                  "Capabilities": ["CAPABILITY_IAM"], "Parameters": ANY})
+        stub.add_response("describe_stacks", _stack("CREATE_COMPLETE"), {"StackName": "scones-workflow"})
+        stub.add_response("describe_stacks", _stack("CREATE_COMPLETE"), {"StackName": "scones-workflow"})
+        outputs = aws.deploy_stack(cfn, _S3(), stack_name="scones-workflow", code_bucket="code",
+                                   endpoint_name="scones-endpoint", role_arn=ROLE, stamp="s1", work_dir=tmp_path)
+        stub.assert_no_pending_responses()
+    assert outputs["StackAction"] == "recreated" and outputs["CaptureS3Uri"] == "s3://capture/data_capture"
+
+
+def test_deploy_stack_creates_the_functions_in_moto(aws_session, tmp_path):
+    s3 = aws_session.client("s3")
+    outputs = aws.deploy_stack(aws_session.client("cloudformation"), s3, stack_name="scones-workflow",
+                               code_bucket="my-bucket", endpoint_name="scones-endpoint", role_arn=ROLE,
+                               stamp="20260101-000000-000", work_dir=tmp_path)
+    functions = aws_session.client("lambda").list_functions()["Functions"]
+    assert {"StateMachineArn", "DataBucketName", "CaptureBucketName", "CaptureS3Uri"} <= set(outputs)
+    handlers = {f["FunctionName"].split("-")[-1]: f["Handler"] for f in functions}
+    assert handlers == {"serializeImageData": "lambdas.serialize.lambda_handler",
+                        "classifyImage": "lambdas.classify.lambda_handler",
+                        "confidenceFilter": "lambdas.confidence_filter.lambda_handler"}
+    environment = {f["FunctionName"].split("-")[-1]: f.get("Environment", {}).get("Variables", {}) for f in functions}
+    assert environment["confidenceFilter"]["THRESHOLD_CONFIDENCE"] == str(constants.THRESHOLD)
+
+
+# ---------------------------------------------------------------------------- teardown
+def _fill(s3, bucket: str) -> int:
+    """Two versions of one capture and a deleted one (a delete marker): four entries to remove."""
+    s3.put_object(Bucket=bucket, Key="data_capture/scones-endpoint/AllTraffic/a.jsonl", Body=b"{}")
+    s3.put_object(Bucket=bucket, Key="data_capture/scones-endpoint/AllTraffic/a.jsonl", Body=b"{}\n{}")
+    s3.put_object(Bucket=bucket, Key="data_capture/old.jsonl", Body=b"{}")
+    s3.delete_object(Bucket=bucket, Key="data_capture/old.jsonl")
+    return 4
+
+
+def test_teardown_keeps_the_buckets_and_says_so_then_delete_data_empties_them(aws_session, onnx_model, tmp_path):
+    sm, cfn, s3 = (aws_session.client(n) for n in ("sagemaker", "cloudformation", "s3"))
+    deployment = aws.deploy(aws_session, container_config(onnx_model, tmp_path), log=lambda *_: None)
+    aws.deploy(aws_session, container_config(onnx_model, tmp_path), log=lambda *_: None)
+    capture_bucket = deployment.outputs["CaptureBucketName"]
+    # moto's CloudFormation ignores VersioningConfiguration (test_scones_template checks the template has it)
+    s3.put_bucket_versioning(Bucket=capture_bucket, VersioningConfiguration={"Status": "Enabled"})
+    entries = _fill(s3, capture_bucket)
+
+    first = aws.teardown(sm, cfn, s3, endpoint_name="scones-endpoint", stack_name="scones-workflow")
+    assert first.ok and "endpoint scones-endpoint" in first.deleted and "stack scones-workflow" in first.deleted
+    assert sum(item.startswith("endpoint config ") for item in first.deleted) == 2
+    assert sum(item.startswith("model ") for item in first.deleted) == 2
+    assert first.kept[f"bucket s3://{capture_bucket}"].startswith(f"{entries} object versions")
+    assert f"bucket s3://{deployment.outputs['DataBucketName']}" in first.kept
+
+    second = aws.teardown(sm, cfn, s3, endpoint_name="scones-endpoint", stack_name="scones-workflow")
+    assert second.ok and second.deleted == [] and second.kept == first.kept  # a no-op that still says what is left
+
+    purge = aws.teardown(sm, cfn, s3, endpoint_name="scones-endpoint", stack_name="scones-workflow", delete_data=True)
+    assert purge.ok and f"bucket s3://{capture_bucket} ({entries} object versions)" in purge.deleted
+    assert {b["Name"] for b in s3.list_buckets()["Buckets"]} == {"my-bucket"}
+    last = aws.teardown(sm, cfn, s3, endpoint_name="scones-endpoint", stack_name="scones-workflow", delete_data=True)
+    assert last.ok and last.deleted == [] and last.kept == {}
+
+
+def test_teardown_leaves_other_endpoints_models_alone(aws_session):
+    sm = aws_session.client("sagemaker")
+    for name in ("scones-endpoint-20260101-000000-000", "scones-endpoint-experiment", "other-model"):
+        sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={"Image": IMAGE})
+    report = aws.teardown(sm, aws_session.client("cloudformation"), aws_session.client("s3"),
+                          endpoint_name="scones-endpoint", stack_name="scones-workflow")
+    assert report.deleted == ["model scones-endpoint-20260101-000000-000"]
+    assert {m["ModelName"] for m in sm.list_models()["Models"]} == {"scones-endpoint-experiment", "other-model"}
+
+
+def test_delete_failed_stack_is_reported_with_the_reason_not_raised(aws_session, capsys, monkeypatch):
+    """What AWS does and moto does not: a bucket that cannot be deleted leaves the stack DELETE_FAILED,
+    and botocore's stack_delete_complete waiter raises WaiterError."""
+    sm, s3 = aws_session.client("sagemaker"), aws_session.client("s3")
+    s3.create_bucket(Bucket="scones-workflow-capturebucket-abc123")
+    cfn = boto3.client("cloudformation", region_name=REGION)
+    reason = "The bucket you tried to delete is not empty. You must delete all versions in the bucket."
+    stub = Stubber(cfn)
+    resources = {"StackResources": [{"LogicalResourceId": "CaptureBucket", "ResourceType": "AWS::S3::Bucket",
+                                     "PhysicalResourceId": "scones-workflow-capturebucket-abc123",
+                                     "ResourceStatus": "CREATE_COMPLETE", "Timestamp": dt.datetime(2026, 1, 1)}]}
+    event = {"StackId": STACK_ID, "EventId": "1", "StackName": "scones-workflow", "Timestamp": dt.datetime(2026, 1, 2),
+             "LogicalResourceId": "CaptureBucket", "ResourceType": "AWS::S3::Bucket",
+             "ResourceStatus": "DELETE_FAILED", "ResourceStatusReason": reason}
+    stub.add_response("describe_stack_resources", resources, {"StackName": "scones-workflow"})
+    stub.add_response("describe_stacks", _stack("CREATE_COMPLETE"), {"StackName": "scones-workflow"})
+    stub.add_response("delete_stack", {}, {"StackName": "scones-workflow"})
+    stub.add_response("describe_stacks", _stack("DELETE_FAILED"), {"StackName": "scones-workflow"})  # the waiter
+    stub.add_response("describe_stacks", _stack("DELETE_FAILED"), {"StackName": "scones-workflow"})
+    stub.add_response("describe_stack_events", {"StackEvents": [event]}, {"StackName": "scones-workflow"})
+    with stub:
+        report = aws.teardown(sm, cfn, s3, endpoint_name="scones-endpoint", stack_name="scones-workflow")
+        stub.assert_no_pending_responses()
+    assert not report.ok
+    failure = report.failed["stack scones-workflow"]
+    assert failure.startswith("DELETE_FAILED: CaptureBucket (AWS::S3::Bucket): The bucket you tried to delete is not empty")
+    assert "run teardown again" in failure
+    assert "bucket s3://scones-workflow-capturebucket-abc123" in report.kept
+    assert any(line.startswith("FAILED stack scones-workflow: DELETE_FAILED") for line in report.lines())
+
+    monkeypatch.setattr(boto3, "Session", lambda **_: type("S", (), {"client": lambda self, n: {
+        "cloudformation": cfn}.get(n) or aws_session.client(n)})())
+    with Stubber(cfn) as again:  # the CLI exits non-zero on a failed teardown
+        again.add_response("describe_stack_resources", resources, {"StackName": "scones-workflow"})
+        again.add_response("describe_stacks", _stack("DELETE_FAILED"), {"StackName": "scones-workflow"})
+        again.add_response("delete_stack", {}, {"StackName": "scones-workflow"})
+        again.add_response("describe_stacks", _stack("DELETE_FAILED"), {"StackName": "scones-workflow"})
+        again.add_response("describe_stacks", _stack("DELETE_FAILED"), {"StackName": "scones-workflow"})
+        again.add_response("describe_stack_events", {"StackEvents": [event]}, {"StackName": "scones-workflow"})
+        assert cli.main(["teardown", "--region", REGION]) == 1
+    assert "FAILED stack scones-workflow: DELETE_FAILED" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- lambda zip, test cases, executions
+def test_generate_test_case_picks_an_image_from_the_bucket(aws_session):
+    s3 = aws_session.client("s3")
     s3.create_bucket(Bucket="data")
     for key in ("test/a.png", "test/b.png", "test.lst"):
         s3.put_object(Bucket="data", Key=key, Body=b"x")
@@ -70,21 +358,29 @@ def test_generate_test_case_picks_an_image_from_the_bucket(moto_clients):
         aws.generate_test_case(s3, "data", prefix="nothing/")
 
 
-def test_lambda_zip_holds_an_importable_package_with_the_templates_handlers(tmp_path, monkeypatch):
+def test_lambda_zip_holds_an_importable_package_with_the_templates_handlers(tmp_path):
     archive = aws.build_lambda_zip(tmp_path / "lambdas.zip")
     names = set(zipfile.ZipFile(archive).namelist())
-    assert {"lambdas/serialize.py", "lambdas/classify.py", "lambdas/confidence_filter.py", "lambdas/events.py"} <= names
+    assert {"lambdas/serialize.py", "lambdas/classify.py", "lambdas/confidence_filter.py", "lambdas/events.py",
+            "lambdas/constants.py"} <= names
     extracted = tmp_path / "unzipped"
     zipfile.ZipFile(archive).extractall(extracted)
-    monkeypatch.syspath_prepend(str(extracted))
-    for module in [m for m in sys.modules if m == "lambdas" or m.startswith("lambdas.")]:
-        monkeypatch.delitem(sys.modules, module)
     template = aws.TEMPLATE_PATH.read_text()
-    for handler in ("lambdas.serialize.lambda_handler", "lambdas.classify.lambda_handler",
-                    "lambdas.confidence_filter.lambda_handler"):
+    handlers = ("lambdas.serialize.lambda_handler", "lambdas.classify.lambda_handler",
+                "lambdas.confidence_filter.lambda_handler")
+    for handler in handlers:
         assert f"Handler: {handler}" in template
-        module, function = handler.rsplit(".", 1)
-        assert callable(getattr(importlib.import_module(module), function))
+    # In a fresh interpreter with only the zip on the path (the Lambda runtime: stdlib + boto3).
+    check = ("import importlib, sys\n"
+             f"for h in {handlers!r}:\n"
+             "    m, f = h.rsplit('.', 1); assert callable(getattr(importlib.import_module(m), f))\n"
+             "from lambdas.constants import THRESHOLD; print(THRESHOLD)\n"
+             "assert not any(n.startswith(('scones_workflow', 'common', 'numpy', 'torch')) for n in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", check], cwd=extracted, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(extracted), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(constants.THRESHOLD)
+    importlib.invalidate_caches()
 
 
 def test_run_executions_reports_each_status():
@@ -106,20 +402,3 @@ def test_run_executions_reports_each_status():
     rows = aws.run_executions(FakeSfn(), "arn:sm", events, poll_seconds=0)
     assert [(r["s3_key"], r["status"], r["error"]) for r in rows] == [
         ("good.png", "SUCCEEDED", None), ("bad.png", "FAILED", "NotAnImage")]
-
-
-def test_deploy_stack_uploads_code_and_creates_the_functions(tmp_path):
-    with mock_aws(config={"lambda": {"use_docker": False}}):
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket="code-bucket")
-        outputs = aws.deploy_stack(boto3.client("cloudformation", region_name="us-east-1"), s3,
-                                   stack_name="scones-workflow", code_bucket="code-bucket",
-                                   endpoint_name="scones-endpoint", work_dir=tmp_path)
-        functions = boto3.client("lambda", region_name="us-east-1").list_functions()["Functions"]
-        keys = {o["Key"] for o in s3.list_objects_v2(Bucket="code-bucket")["Contents"]}
-    assert set(outputs) == {"StateMachineArn", "DataBucketName", "CaptureBucketName"}
-    assert keys == {"scones-workflow/lambdas.zip", "scones-workflow/workflow.asl.json"}
-    handlers = {f["FunctionName"].split("-")[-1]: f["Handler"] for f in functions}
-    assert handlers == {"serializeImageData": "lambdas.serialize.lambda_handler",
-                        "classifyImage": "lambdas.classify.lambda_handler",
-                        "confidenceFilter": "lambdas.confidence_filter.lambda_handler"}

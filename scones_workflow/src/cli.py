@@ -11,8 +11,9 @@ The local workflow, step by step (each step also runs inside the notebook):
 
 and on AWS (credentials from the usual boto3 chain; costs money):
 
-    python -m scones_workflow deploy --role-arn ... --bucket ...
-    python -m scones_workflow teardown
+    python -m scones_workflow deploy --role-arn ... --bucket ...   # again: a new model, blue/green
+    python -m scones_workflow deploy ... --container IMAGE_URI     # the ONNX model in this repo's container
+    python -m scones_workflow teardown [--delete-data]
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ import threading
 from pathlib import Path
 
 from common import paths
+
+from .lambdas.constants import THRESHOLD
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 ARTIFACTS = PROJECT_DIR / "artifacts"
@@ -134,39 +137,15 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    import boto3
+    from . import aws
 
-    from . import aws, data
-
-    session = boto3.Session(region_name=args.region)
-    staged = data.stage(paths.data_dir(args.data_dir))
-    data_s3 = f"s3://{args.bucket}/scones/data"
-    data.upload(staged, data_s3)
-    image_uri = aws.image_classification_uri(session.region_name)
-    spec = aws.TrainingSpec(job_name=f"{args.endpoint_name}-{args.job_suffix}", role_arn=args.role_arn,
-                            data_s3=data_s3, output_s3=f"s3://{args.bucket}/scones/models",
-                            num_training_samples=len(staged.train))
-    sm = session.client("sagemaker")
-    model_data = aws.train(sm, spec, image_uri)
-    outputs = aws.deploy_stack(session.client("cloudformation"), session.client("s3"), stack_name=args.stack_name,
-                               code_bucket=args.bucket, endpoint_name=args.endpoint_name, threshold=args.threshold)
-    aws.deploy_endpoint(sm, name=args.endpoint_name, model_data=model_data, image_uri=image_uri,
-                        role_arn=args.role_arn, capture_s3=f"s3://{outputs['CaptureBucketName']}/data_capture")
-    sm.get_waiter("endpoint_in_service").wait(EndpointName=args.endpoint_name)
-    print(json.dumps(outputs, indent=2))
-    return 0
+    return aws.deploy_from_args(args)
 
 
 def cmd_teardown(args: argparse.Namespace) -> int:
-    import boto3
-
     from . import aws
 
-    session = boto3.Session(region_name=args.region)
-    deleted = aws.teardown(session.client("sagemaker"), session.client("cloudformation"),
-                           endpoint_name=args.endpoint_name, stack_name=args.stack_name)
-    print(json.dumps(deleted))
-    return 0
+    return aws.teardown_from_args(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,19 +199,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=8)
     p.set_defaults(func=cmd_load)
 
-    for name, text in [("deploy", "AWS: train with SageMaker's built-in classifier, deploy the endpoint "
-                                  "(100%% data capture) and the stack (Lambdas + state machine)"),
-                       ("teardown", "AWS: delete the endpoint, its config and model, and the stack (idempotent)")]:
-        p = sub.add_parser(name, help=text)
+    for name, text in [("deploy", "AWS: new model (built-in classifier training job, or --container), the stack "
+                                  "(create/update), endpoint with 100%% data capture (create, or update_endpoint)"),
+                       ("teardown", "AWS: delete endpoint, its configs and models, and the stack; report the "
+                                    "retained buckets (or --delete-data); safe to repeat")]:
+        p = sub.add_parser(name, help=text, description=text.replace("%%", "%"))
         p.add_argument("--region", default=None, help="AWS region (default: boto3's)")
-        p.add_argument("--endpoint-name", default="scones-endpoint")
-        p.add_argument("--stack-name", default="scones-workflow")
+        p.add_argument("--endpoint-name", default="scones-endpoint", help="default scones-endpoint")
+        p.add_argument("--stack-name", default="scones-workflow", help="default scones-workflow")
         if name == "deploy":
-            p.add_argument("--role-arn", required=True, help="SageMaker execution role")
-            p.add_argument("--bucket", required=True, help="bucket for data, model and deployment code")
+            p.add_argument("--role-arn", required=True,
+                           help="SageMaker execution role (training, the endpoint, and data capture writes)")
+            p.add_argument("--bucket", required=True, help="your bucket for data, model artefacts and deployment code")
             p.add_argument("--data-dir", **data_dir)
-            p.add_argument("--threshold", type=float, default=0.94)
-            p.add_argument("--job-suffix", default="1", help="makes the training job name unique")
+            p.add_argument("--threshold", type=float, default=THRESHOLD, help=f"default {THRESHOLD}")
+            p.add_argument("--container", metavar="IMAGE_URI",
+                           help="serve the ONNX model with this bring-your-own container image (ECR URI; see "
+                                "README) instead of training the built-in classifier")
+            p.add_argument("--model", help="ONNX model for --container (default: scones_workflow/models/"
+                                           "scones_classifier.onnx)")
+            p.add_argument("--variants", action="store_true",
+                           help="two weighted variants: the model serving now keeps 90%% (Primary), the new "
+                                "one gets 10%% (Challenger); deploy again without it to promote")
+            p.add_argument("--training-mode", choices=["pretrained", "scratch"], default="pretrained",
+                           help="built-in classifier: ImageNet ResNet-18 at 224 px (default) or from scratch at 32 px")
+            p.add_argument("--alarm-email", help="subscribe this address to the low-confidence alarm")
+        else:
+            p.add_argument("--delete-data", action="store_true",
+                           help="also empty (every object version) and delete the retained data and capture buckets")
         p.set_defaults(func=cmd_deploy if name == "deploy" else cmd_teardown)
     return parser
 

@@ -53,4 +53,6 @@ def lambda_handler(event: dict, context: object) -> dict:
                                f"{err.response.get('OriginalMessage') or error.get('Message')}") from None
         raise EndpointError(f"endpoint {endpoint}: {error.get('Code')}: {error.get('Message')}") from None
     inferences = json.loads(response["Body"].read())
-    return ok({**body, "inferences": inferences})
+    # Which production variant answered (two-variant endpoints): the filter's metrics are split by it.
+    variant = response.get("InvokedProductionVariant")  # the X-Amzn-Invoked-Production-Variant header
+    return ok({**body, "inferences": inferences, **({"variant": variant} if variant else {})})
