@@ -12,7 +12,13 @@ The schema every project shares (projects may add keys of their own):
      "summary": {label: value, ...},            # headline numbers
      "tables": [{"title", "columns", "rows"}],  # rendered as Markdown tables
      "figures": [{"title", "path"}],            # paths relative to the report folder
+     "headline": {"metric", "seed", "value"},   # one line of the README's "Results at a glance"
+     "highlights": {"tables": [title, ...],     # what the README section shows (default: the first
+                    "figures": [title, ...]},   #   table and three figures); the rest is linked
      "run": {...}}                              # added by the runner
+
+Each project's complete report (every table and figure) is rendered to
+`reports/<project>/README.md`; the README shows the highlights and links it.
 """
 from __future__ import annotations
 
@@ -29,6 +35,9 @@ from common import s3io
 
 START_MARKER = "<!-- report:start -->"
 END_MARKER = "<!-- report:end -->"
+GLANCE_START = "<!-- glance:start -->"
+GLANCE_END = "<!-- glance:end -->"
+README_FIGURES = 3
 
 
 def _jsonable(value: Any) -> Any:
@@ -44,6 +53,12 @@ def table(title: str, frame: pd.DataFrame) -> dict:
     """A DataFrame as a metrics.json table (the index is dropped; reset it first to keep it)."""
     rows = [[_jsonable(v) for v in row] for row in frame.itertuples(index=False)]
     return {"title": title, "columns": [str(c) for c in frame.columns], "rows": rows}
+
+
+def stand_in_banner(source: str, not_comparable_with: str) -> str:
+    """The notebooks' warning (Markdown) when a project runs on stand-in data instead of the real set."""
+    return (f"**STAND-IN DATA: results are not comparable with {not_comparable_with}.** {source}. "
+            f"This run stays in `reports/local/` and never becomes the record.")
 
 
 def write_metrics(report_dir: str | os.PathLike, metrics: Mapping[str, Any]) -> Path:
@@ -82,8 +97,16 @@ def _markdown_table(spec: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_project(metrics: Mapping[str, Any], report_dir_rel: str) -> str:
-    """One project's README section; `report_dir_rel` is the report folder relative to README."""
+def _pick(items: list[dict], titles: list[str] | None, default: int) -> list[dict]:
+    if titles is None:
+        return items[:default]
+    return [item for item in items if item["title"] in titles]
+
+
+def render_project(metrics: Mapping[str, Any], report_dir_rel: str, *, complete: bool = True) -> str:
+    """One project's report; `report_dir_rel` is the report folder relative to the file it goes in.
+
+    `complete=False` renders the README section: the highlights, and a link to the rest."""
     data = metrics["data"]
     lines = [f"### {metrics['title']}", ""]
     if data.get("stand_in"):
@@ -100,11 +123,58 @@ def render_project(metrics: Mapping[str, Any], report_dir_rel: str) -> str:
     lines += ["", "Run: " + ", ".join(facts) + ".", ""]
     for label, value in metrics.get("summary", {}).items():
         lines.append(f"- {label}: **{format_value(value)}**")
-    for spec in metrics.get("tables", []):
+    tables, figures = metrics.get("tables", []), metrics.get("figures", [])
+    if not complete:
+        highlights = metrics.get("highlights", {})
+        tables = _pick(tables, highlights.get("tables"), 1)
+        figures = _pick(figures, highlights.get("figures"), README_FIGURES)
+    for spec in tables:
         lines += ["", f"#### {spec['title']}", "", _markdown_table(spec)]
-    for figure in metrics.get("figures", []):
+    for figure in figures:
         lines += ["", f"![{figure['title']}]({report_dir_rel}/{figure['path']})"]
+    if not complete:
+        lines += ["", f"Every table and figure of this run: [{report_dir_rel}/README.md]({report_dir_rel}/README.md)."]
     return "\n".join(lines).strip() + "\n"
+
+
+def render_glance(reports_root: Path, projects: Iterable[str], readme_dir: Path) -> str:
+    """The README's front-page table: per project, the seed's number and this repository's."""
+    rows = ["| project | headline metric | the seed | this repository | data | run of record |",
+            "|---|---|---|---|---|---|"]
+    for project in projects:
+        folder = reports_root / project
+        if not (folder / "metrics.json").exists():
+            rows.append(f"| {project} | no run yet | | | | |")
+            continue
+        metrics = read_metrics(folder)
+        headline = metrics.get("headline", {})
+        data = metrics["data"]
+        data_text = headline.get("data", data["source"]) + (" (STAND-IN)" if data.get("stand_in") else "")
+        run = metrics.get("run", {})
+        wall = f"{run['wall_seconds'] / 60:.1f} min, profile `{metrics['profile']}`" if run else ""
+        link = f"[{metrics['title']}]({os.path.relpath(folder, readme_dir)}/README.md)"
+        cells = [link, headline.get("metric", "n/a"), headline.get("seed", "n/a"), headline.get("value", "n/a"),
+                 data_text, wall]
+        rows.append("| " + " | ".join(format_value(c) if c else "" for c in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def render_app_screenshot(folder: Path, report_dir_rel: str) -> str:
+    """A project's app page as a real browser showed it, when its report folder has one:
+    `app_screenshot.png` and the record beside it, `app_screenshot.json` (the photo, the answer,
+    median timings; written by e.g. `python -m landmark_classifier.src.app_screenshot`)."""
+    image, record_path = folder / "app_screenshot.png", folder / "app_screenshot.json"
+    if not (image.exists() and record_path.exists()):
+        return ""
+    record = json.loads(record_path.read_text())
+    timings = ", ".join(f"{what} **{seconds:.2f} s**" for what, seconds in record["median_seconds"].items())
+    answer = record["answer"].splitlines()[0] if record.get("answer") else "n/a"
+    return "\n".join([
+        "", "#### The app page", "",
+        f"![The app answering a real photo ({record['photo']})]({report_dir_rel}/{image.name})", "",
+        f"Answer shown: {answer}. Measured by `{record['command']}` in {record['browser']}, "
+        f"{record['measured_at']}, {record['machine']}; median of {record['runs']} page views: {timings}.",
+    ]) + "\n"
 
 
 def render_report(reports_root: Path, projects: Iterable[str], readme_dir: Path) -> str:
@@ -113,10 +183,24 @@ def render_report(reports_root: Path, projects: Iterable[str], readme_dir: Path)
         folder = reports_root / project
         if (folder / "metrics.json").exists():
             rel = os.path.relpath(folder, readme_dir)
-            sections.append(render_project(read_metrics(folder), rel))
+            sections.append(render_project(read_metrics(folder), rel, complete=False)
+                            + render_app_screenshot(folder, rel))
         else:
             sections.append(f"### {project}\n\nNo run yet: `make run` writes `{os.path.relpath(folder, readme_dir)}/`.\n")
     return "\n".join(sections)
+
+
+def write_project_reports(reports_root: Path, projects: Iterable[str]) -> list[Path]:
+    """`reports/<project>/README.md`: every table and figure of the project's last run."""
+    written = []
+    for project in projects:
+        folder = reports_root / project
+        if (folder / "metrics.json").exists():
+            text = ("<!-- generated by `python -m common.run` from metrics.json; do not edit by hand -->\n\n"
+                    + render_project(read_metrics(folder), ".").replace("### ", "# ", 1))
+            s3io.write_text(folder / "README.md", text)
+            written.append(folder / "README.md")
+    return written
 
 
 def update_readme(readme: Path, reports_root: Path, projects: Iterable[str]) -> None:
@@ -125,6 +209,15 @@ def update_readme(readme: Path, reports_root: Path, projects: Iterable[str]) -> 
     pattern = re.compile(re.escape(START_MARKER) + ".*?" + re.escape(END_MARKER), re.S)
     if not pattern.search(text):
         raise ValueError(f"{readme} has no report markers ({START_MARKER} ... {END_MARKER})")
+    projects = list(projects)
     body = render_report(reports_root, projects, readme.parent)
     new = pattern.sub(lambda _: f"{START_MARKER}\n<!-- generated by `python -m common.run`; do not edit by hand -->\n\n{body}\n{END_MARKER}", text)
+    glance = f"{GLANCE_START}\n{render_glance(reports_root, projects, readme.parent)}{GLANCE_END}"
+    glance_pattern = re.compile(re.escape(GLANCE_START) + ".*?" + re.escape(GLANCE_END), re.S)
+    if glance_pattern.search(new):
+        new = glance_pattern.sub(lambda _: glance, new)
+    else:  # right under the title
+        new = re.sub(r"^(# .*\n)", lambda m: f"{m.group(1)}\n## Results at a glance\n\n{glance}\n", new, count=1,
+                     flags=re.M)
     s3io.write_text(readme, new)
+    write_project_reports(reports_root, projects)

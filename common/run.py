@@ -2,18 +2,27 @@
 
     python -m common.run                      # all projects, full profile (the run of record)
     python -m common.run bike_sharing_autogluon --profile quick
+    python -m common.run landmark_classifier --param DATASET=landmark_gldv2
 
 For each project (listed, with its notebooks in order, under
 `[tool.portfolio.projects]` in pyproject.toml) the runner executes the
-notebooks with papermill, passing PROFILE, DATA_DIR and REPORT_DIR into the
-cell tagged `parameters`, and saves the executed copies in `reports/<project>/`.
-The notebooks write `metrics.json` and figures there; the runner adds the wall
-time and peak memory of the run, then rewrites the README report section.
+notebooks with papermill, passing PROFILE, DATA_DIR and REPORT_DIR (and any
+`--param KEY=VALUE`) into the cell tagged `parameters`, and saves the executed copies in the report folder.
+The notebooks write `metrics.json`, figures and the models they export (under
+`models/`) there; the runner adds the wall time and peak memory of the run.
 A failing cell stops that project, is named on stderr, and the runner exits 1.
+
+The record is protected: every run goes to `reports/local/<project>/` (git-ignored)
+first. Only a run of the `full` profile on the real dataset is promoted into the
+record: `reports/<project>/`, the project's committed `models/` and the README
+report. Anything else (stand-in data, `quick`, `tiny`) stays in `reports/local/`
+and leaves every tracked file as it was. `--reports-dir DIR` writes there instead
+and promotes nothing.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -84,16 +93,47 @@ def run_notebook(notebook: Path, output: Path, parameters: dict, *, stream: bool
         ) from None
 
 
-def run_project(project: str, notebooks: list[str], profile: str, data_dir: Path, reports_root: Path, *,
+LOCAL = "local"  # reports/local/<project>/: runs that are not the record (git-ignored)
+
+
+RESERVED_PARAMETERS = ("PROFILE", "DATA_DIR", "REPORT_DIR")
+
+
+def parse_params(items: list[str]) -> dict[str, object]:
+    """`["KEY=VALUE", ...]` -> {KEY: value}. Values are read as JSON when they parse (numbers,
+    true/false, null, quoted strings), else kept as strings: `DATASET=landmark_gldv2` is the string."""
+    import json
+
+    parsed: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--param {item!r}: expected KEY=VALUE with KEY a Python name (e.g. DATASET=landmark_gldv2)")
+        if key in RESERVED_PARAMETERS:
+            raise ValueError(f"--param {key}: set it with --profile, --data-dir or --reports-dir instead")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
+
+
+def run_project(project: str, notebooks: list[str], profile: str, data_dir: Path | str, reports_root: Path, *,
                 stream: bool = False, root: Path = paths.REPO_ROOT,
-                cell_timeout: int = CELL_TIMEOUT_SECONDS) -> dict:
+                cell_timeout: int = CELL_TIMEOUT_SECONDS, params: dict | None = None) -> dict:
     """Run the notebooks of `root/project`; returns its metrics with the `run` record added.
 
-    The project's report folder is emptied first, so it never mixes files of two runs."""
+    `params` are extra papermill parameters (`--param KEY=VALUE`) for every notebook.
+
+    The project's report folder is emptied first, so it never mixes files of two runs.
+    Notebooks get DATA_DIR as given and REPORT_DIR relative to the repository root when it is
+    inside it, so the executed copies carry no absolute path of this machine."""
     shutil.rmtree(reports_root / project, ignore_errors=True)
     report_dir = paths.report_dir(project, reports_root / project)
     started = time.perf_counter()
-    parameters = {"PROFILE": profile, "DATA_DIR": str(data_dir), "REPORT_DIR": str(report_dir)}
+    parameters = {**(params or {}), "PROFILE": profile, "DATA_DIR": str(data_dir),
+                  "REPORT_DIR": paths.display(report_dir)}
     with PeakMemory(interval=0.5) as memory:
         for name in notebooks:
             print(f"[{project}] running {name} (profile {profile}, DATA_DIR {data_dir})", flush=True)
@@ -110,9 +150,40 @@ def run_project(project: str, notebooks: list[str], profile: str, data_dir: Path
         "wall_seconds": round(time.perf_counter() - started, 1),
         "peak_memory_mb": round(memory.peak_bytes / 2**20, 1),
         "notebooks": notebooks,
+        "parameters": dict(params or {}),
     }
     report.write_metrics(report_dir, metrics)
     return metrics
+
+
+def is_record(profile: str, metrics: dict) -> bool:
+    """Only the full profile on the real dataset may become the record."""
+    return profile == "full" and not metrics["data"].get("stand_in", True)
+
+
+def promote(project: str, staged: Path, record_root: Path, root: Path = paths.REPO_ROOT) -> list[Path]:
+    """Make a staged run the record: its report folder replaces `record_root/project`, and the
+    models it exported (`staged/models/*`) replace those in `root/project/models/`.
+    Returns the model files written."""
+    target = record_root / project
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(staged, target, ignore=shutil.ignore_patterns("models"))
+    written = []
+    if (staged / "models").is_dir():
+        models_dir = root / project / "models"
+        models_dir.mkdir(parents=True, exist_ok=True)
+        for model in sorted(p for p in (staged / "models").iterdir() if p.is_file()):
+            shutil.copy2(model, models_dir / model.name)
+            written.append(models_dir / model.name)
+    return written
+
+
+def _relative_to_repo(path: str) -> str:
+    """A path given on the command line (relative to the working directory), relative to the
+    repository root when it can be: notebooks resolve it against the root, and the executed
+    copies then show `../shared/data` rather than this machine's absolute path."""
+    absolute = (Path.cwd() / Path(path).expanduser()).resolve()
+    return os.path.relpath(absolute, paths.REPO_ROOT) if not Path(path).is_absolute() else path
 
 
 def build_parser(projects: dict[str, list[str]]) -> argparse.ArgumentParser:
@@ -128,34 +199,45 @@ def build_parser(projects: dict[str, list[str]]) -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None,
                         help="datasets folder (default: $DATA_DIR, else ./data); missing data is downloaded "
                              "there, and with no network each project falls back to labelled stand-in data")
-    parser.add_argument("--reports-dir", default=str(paths.REPO_ROOT / "reports"),
-                        help="where executed notebooks, metrics.json and figures go (default: ./reports)")
-    parser.add_argument("--readme", default=str(paths.REPO_ROOT / "README.md"),
-                        help="README whose report section is regenerated (default: ./README.md)")
+    parser.add_argument("--reports-dir", default=None,
+                        help="write executed notebooks, metrics.json, figures and models here and promote "
+                             "nothing (default: reports/local/, and a real-data full run becomes the record "
+                             "in reports/, the projects' models/ and the README report)")
+    parser.add_argument("--readme", default=None,
+                        help="README whose report section is regenerated after a run of record (default: ./README.md)")
     parser.add_argument("--no-readme", action="store_true", help="do not touch the README")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a papermill parameter for every notebook of the run, repeatable "
+                             "(e.g. --param DATASET=landmark_gldv2; values are JSON when they parse, else strings)")
     parser.add_argument("--quiet", action="store_true",
                         help="show a cell-count progress bar instead of what the notebooks print")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    projects = load_projects()
+def main(argv: list[str] | None = None, root: Path = paths.REPO_ROOT) -> int:
+    projects = load_projects(root / "pyproject.toml")
     args = build_parser(projects).parse_args(argv)
     unknown = [p for p in args.projects if p not in projects]
     if unknown:
         print(f"unknown project(s): {', '.join(unknown)}; choose from {', '.join(projects)}", file=sys.stderr)
         return 2
+    try:
+        params = parse_params(args.param)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
     chosen = args.projects or list(projects)
-    data_dir = paths.data_dir(args.data_dir)
-    reports_root = Path(args.reports_dir).resolve()
-    failures = []
+    data_dir = _relative_to_repo(args.data_dir or os.environ.get("DATA_DIR") or "data")
+    record_root = root / "reports"
+    staging_root = Path(args.reports_dir).resolve() if args.reports_dir else record_root / LOCAL
+    failures, promoted = [], []
     for project in chosen:
         if not projects[project]:
             print(f"[{project}] no notebooks yet, skipped")
             continue
         try:
-            metrics = run_project(project, projects[project], args.profile, data_dir, reports_root,
-                                  stream=not args.quiet)
+            metrics = run_project(project, projects[project], args.profile, data_dir, staging_root,
+                                  stream=not args.quiet, params=params, root=root)
         except NotebookFailed as err:
             print(f"[{project}] FAILED: {err}", file=sys.stderr)
             failures.append(project)
@@ -164,9 +246,22 @@ def main(argv: list[str] | None = None) -> int:
         label = "STAND-IN DATA" if data.get("stand_in") else "data"
         print(f"[{project}] done in {metrics['run']['wall_seconds']:.0f} s, "
               f"peak {metrics['run']['peak_memory_mb']:.0f} MB; {label}: {data['source']}", flush=True)
-    if not args.no_readme:
-        report.update_readme(Path(args.readme), reports_root, list(projects))
-        print(f"report section of {args.readme} regenerated")
+        staged = staging_root / project
+        if args.reports_dir:
+            print(f"[{project}] results in {staged}", flush=True)
+        elif is_record(args.profile, metrics):
+            models = promote(project, staged, record_root, root)
+            promoted.append(project)
+            print(f"[{project}] the run of record: reports/{project}/"
+                  + (f" and {len(models)} model file(s) in {project}/models/" if models else ""), flush=True)
+        else:
+            why = "stand-in data" if data.get("stand_in") else f"profile {args.profile}"
+            print(f"[{project}] not the record ({why}): results in {paths.display(staged)}/; "
+                  f"reports/{project}/, {project}/models/ and the README are unchanged", flush=True)
+    if promoted and not args.no_readme:
+        readme = Path(args.readme) if args.readme else root / "README.md"
+        report.update_readme(readme, record_root, list(projects))
+        print(f"report section of {paths.display(readme)} regenerated")
     if failures:
         print(f"failed: {', '.join(failures)}", file=sys.stderr)
         return 1

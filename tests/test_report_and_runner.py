@@ -134,3 +134,104 @@ def test_every_listed_notebook_exists_is_stripped_and_starts_with_parameters():
             assert "parameters" in code[0].metadata.get("tags", []), f"{name}: first code cell must be tagged parameters"
             assert 'PROFILE = "' in code[0].source and "DATA_DIR" in code[0].source
             assert all(not c.outputs and c.execution_count is None for c in code), f"{name} has outputs: strip them"
+
+
+def test_params_parse_json_values_or_strings_and_reject_reserved_keys():
+    assert run.parse_params(["DATASET=landmark_gldv2", "EPOCHS=3", "FAST=true", 'NAME="07"']) == {
+        "DATASET": "landmark_gldv2", "EPOCHS": 3, "FAST": True, "NAME": "07"}
+    assert run.parse_params([]) == {}
+    for bad, message in (("DATASET", "expected KEY=VALUE"), ("not a name=1", "expected KEY=VALUE"),
+                         ("PROFILE=quick", "--param PROFILE")):
+        with pytest.raises(ValueError, match=message):
+            run.parse_params([bad])
+
+
+@pytest.mark.slow
+def test_runner_passes_params_to_every_notebook(tmp_path):
+    body = ('import json, pathlib\n'
+            'm = {"project": "demo", "title": "Demo", "profile": PROFILE, "data": {"source": DATASET, '
+            '"stand_in": True, "note": str(EPOCHS)}}\n'
+            'pathlib.Path(REPORT_DIR, "metrics.json").write_text(json.dumps(m))')
+    write_notebook(tmp_path / "demo" / "demo.ipynb", body)
+    result = run.run_project("demo", ["demo.ipynb"], "tiny", tmp_path, tmp_path / "reports", root=tmp_path,
+                             params=run.parse_params(["DATASET=landmark_gldv2", "EPOCHS=2"]))
+    assert result["data"]["source"] == "landmark_gldv2" and result["data"]["note"] == "2"
+    assert result["run"]["parameters"] == {"DATASET": "landmark_gldv2", "EPOCHS": 2}
+
+
+def test_cli_rejects_a_malformed_param(capsys):
+    assert run.main(["--param", "DATASET", "--no-readme"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+# A project whose data is "real" only when DATA_DIR holds real.txt; it exports a model file.
+RECORDABLE = """
+import json, pathlib
+real = pathlib.Path(DATA_DIR, "real.txt").is_file()
+report_dir = pathlib.Path(REPORT_DIR)
+m = {"project": "demo", "title": "Demo", "profile": PROFILE,
+     "data": {"source": "real numbers" if real else "generated numbers", "stand_in": not real, "note": ""},
+     "headline": {"metric": "accuracy", "seed": "50%", "value": "91%"},
+     "tables": [{"title": "Key", "columns": ["a"], "rows": [[1]]}, {"title": "Detail", "columns": ["b"], "rows": [[2]]}],
+     "figures": []}
+(report_dir / "metrics.json").write_text(json.dumps(m))
+(report_dir / "models").mkdir(exist_ok=True)
+(report_dir / "models" / "demo.onnx").write_text(f"model of a {PROFILE} run")
+"""
+
+
+def git(repo: Path, *args: str) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.mark.slow
+def test_only_a_real_data_full_run_rewrites_the_record(tmp_path, capsys):
+    """`make run` on stand-in data, or a quick profile, leaves every tracked file as it was."""
+    repo = tmp_path / "repo"
+    write_notebook(repo / "demo" / "demo.ipynb", RECORDABLE)
+    (repo / "pyproject.toml").write_text('[tool.portfolio.projects]\ndemo = ["demo.ipynb"]\n')
+    (repo / "README.md").write_text(f"# Title\n\n{report.START_MARKER}\nold\n{report.END_MARKER}\n")
+    (repo / ".gitignore").write_text("reports/local/\n")
+    (repo / "demo" / "models").mkdir()
+    (repo / "demo" / "models" / "demo.onnx").write_text("the committed model")
+    (repo / "reports" / "demo").mkdir(parents=True)
+    (repo / "reports" / "demo" / "metrics.json").write_text("{}")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "record")
+    empty, real = tmp_path / "empty", tmp_path / "real"
+    empty.mkdir()
+    real.mkdir()
+    (real / "real.txt").write_text("yes")
+
+    assert run.main(["demo", "--profile", "full", "--data-dir", str(empty), "--quiet"], root=repo) == 0
+    assert "not the record (stand-in data): results in" in capsys.readouterr().out
+    assert run.main(["demo", "--profile", "quick", "--data-dir", str(real), "--quiet"], root=repo) == 0
+    assert "not the record (profile quick)" in capsys.readouterr().out
+    assert git(repo, "status", "--porcelain") == ""  # nothing tracked changed, nothing untracked appeared
+    assert (repo / "reports" / "local" / "demo" / "models" / "demo.onnx").read_text() == "model of a quick run"
+
+    assert run.main(["demo", "--profile", "full", "--data-dir", str(real), "--quiet"], root=repo) == 0
+    assert (repo / "demo" / "models" / "demo.onnx").read_text() == "model of a full run"
+    record = report.read_metrics(repo / "reports" / "demo")
+    assert record["data"]["stand_in"] is False and record["run"]["notebooks"] == ["demo.ipynb"]
+    assert not (repo / "reports" / "demo" / "models").exists()  # models live in demo/models/
+    readme = (repo / "README.md").read_text()
+    assert "## Results at a glance" in readme and "| accuracy | 50% | 91% | real numbers |" in readme
+    assert "#### Key" in readme and "#### Detail" not in readme  # the README shows the highlights
+    assert "#### Detail" in (repo / "reports" / "demo" / "README.md").read_text()  # the rest is linked
+
+
+def test_no_machine_paths_in_the_committed_record():
+    """Reports travel with the repository: no absolute path of the machine that ran them."""
+    from common.paths import REPO_ROOT
+
+    needles = {str(REPO_ROOT), str(Path.home())}
+    files = [REPO_ROOT / "README.md", *(p for p in (REPO_ROOT / "reports").rglob("*")
+                                        if p.is_file() and p.suffix in {".md", ".json", ".ipynb", ".csv", ".txt"}
+                                        and "local" not in p.relative_to(REPO_ROOT / "reports").parts[:1])]
+    offenders = [f"{p.relative_to(REPO_ROOT)} ({n})" for p in files for n in needles
+                 if len(n) > 1 and n in p.read_text(errors="ignore")]
+    assert not offenders, f"absolute paths of this machine in committed files: {offenders}"

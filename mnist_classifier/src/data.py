@@ -98,7 +98,7 @@ def load_mnist(data_dir: str | Path, *, valid_size: int = 5000, train_limit: int
     root = Path(data_dir) / "mnist"
     try:
         train_px, train_y, test_px, test_y = _torchvision_mnist(root)
-        source, stand_in = f"MNIST, the official IDX files ({root}/MNIST/raw)", False
+        source, stand_in = "MNIST, the official IDX files (DATA_DIR/mnist/MNIST/raw)", False
     except RuntimeError as err:  # torchvision: "Error downloading ..." from every mirror
         warnings.warn(
             f"MNIST is not in {root}/MNIST/raw and could not be downloaded ({str(err).splitlines()[0]}).\n"
