@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -125,6 +126,31 @@ def test_validation_split_holds_out_days_15_to_19():
                    for t in data.kaggle_files_from_uci(uci_hour(months=(1,))).values())
     fit, valid = data.validation_split(train)
     assert fit["datetime"].dt.day.max() == 14 and set(valid["datetime"].dt.day) == {15, 16, 17, 18, 19}
+
+
+def test_block_folds_validate_every_training_hour_once_by_blocks_of_days():
+    train, _, _ = (pd.read_csv(pd.io.common.StringIO(t), parse_dates=["datetime"])
+                   for t in data.kaggle_files_from_uci(uci_hour(months=(1, 2))).values())
+    folds = data.block_folds(train)
+    assert len(folds) == 4
+    held_out = np.concatenate([valid for _, valid in folds])
+    assert sorted(held_out) == list(range(len(train)))  # each hour validated exactly once
+    day = train["datetime"].dt.day
+    for (fit, valid), (first, last) in zip(folds, data.DAY_BLOCKS):
+        assert not set(fit) & set(valid) and len(fit) + len(valid) == len(train)
+        assert set(day.iloc[valid]) == set(range(first, last + 1))  # the same block of days ...
+        assert set(train["datetime"].dt.month.iloc[valid]) == {1, 2}  # ... in every month
+    assert list(data.day_blocks(pd.Series(pd.to_datetime(["2011-01-05 00:00", "2011-01-06 00:00", "2011-02-14 00:00",
+                                                           "2011-02-15 23:00"])))) == [0, 1, 2, 3]
+
+
+def test_block_folds_refuse_test_days_and_single_blocks():
+    stamps = pd.Series(pd.to_datetime(["2011-01-19 23:00", "2011-01-20 00:00"]))
+    with pytest.raises(ValueError, match=r"2011-01-20 00:00:00 is on day 20, outside every block"):
+        data.day_blocks(stamps)
+    one_block = pd.DataFrame({"datetime": pd.to_datetime(["2011-01-01", "2011-02-03"])})
+    with pytest.raises(ValueError, match="at least 2 of the blocks"):
+        data.block_folds(one_block)
 
 
 @pytest.mark.data

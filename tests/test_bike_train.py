@@ -18,36 +18,41 @@ def kaggle_frames():
     texts = data.kaggle_files_from_uci(uci_hour(months=(1, 2, 3)))
     frames = {name: data.check_frame(pd.read_csv(io.StringIO(t), dtype=str, keep_default_na=False), name, "fixture")
               for name, t in texts.items()}
-    fit, valid = data.validation_split(frames["train.csv"])
-    return fit, valid, frames["test.csv"]
+    return frames["train.csv"], frames["test.csv"]
 
 
 @pytest.mark.parametrize("stage_name", ["initial", "weather_history"])
 def test_stage_fits_scores_and_predicts_non_negative_counts(kaggle_frames, stage_name, tmp_path):
-    fit, valid, test = kaggle_frames
+    fit, test = kaggle_frames
     stage = next(s for s in train.STAGES if s.name == stage_name)
-    result = train.fit_stage(stage, fit, valid, test, profile="tiny", models_dir=tmp_path)
+    result = train.fit_stage(stage, fit, test, profile="tiny", models_dir=tmp_path)
     labels = ["casual", "registered"] if stage_name == "weather_history" else ["count"]
     assert list(result.best_models) == labels and set(result.leaderboard["target"]) == set(labels)
     assert result.test_prediction.shape == (len(test),) and (result.test_prediction >= 0).all()
-    assert 0 < result.valid_rmsle < 2 and result.fit_seconds > 0
-    # refit_full: the predictor that made the test predictions was trained on all days, not days 1-14
-    assert all(model.endswith("_FULL") for model in _model_best(tmp_path / stage_name, labels))
+    assert result.oof_prediction.shape == (len(fit),) and np.isfinite(result.oof_prediction).all()
+    assert 0 < result.cv_rmsle < 2 and 0 < result.valid_rmsle < 2 and result.fit_seconds > 0
+    assert result.valid_rmsle == result.block_rmsle[3]  # days 15-19, the old split
+    # bagged over the four day blocks: every base model of the test predictor is four fold models
+    # that together saw all 19 days, and the block column is no feature
+    for predictor in _predictors(tmp_path / stage_name, labels):
+        base = [m for m in predictor.model_names() if "WeightedEnsemble" not in m]
+        assert base and all(predictor._trainer.load_model(m).n_children == 4 for m in base)
+        assert "block" not in predictor.features()
 
 
-def _model_best(folder, labels):
+def _predictors(folder, labels):
     from autogluon.tabular import TabularPredictor
 
-    return [TabularPredictor.load(str(folder / label)).model_best for label in labels]
+    return [TabularPredictor.load(str(folder / label)) for label in labels]
 
 
 def test_log_target_beats_raw_count_on_rmsle(kaggle_frames, tmp_path):
     """The point of stage 4: fitting log1p(count) optimises the competition's metric directly."""
-    fit, valid, test = kaggle_frames
+    fit, test = kaggle_frames
     stages = {s.name: s for s in train.STAGES}
-    raw = train.fit_stage(stages["add_features"], fit, valid, test, profile="tiny", models_dir=tmp_path)
-    logged = train.fit_stage(stages["log_target"], fit, valid, test, profile="tiny", models_dir=tmp_path)
-    assert logged.valid_rmsle < raw.valid_rmsle
+    raw = train.fit_stage(stages["add_features"], fit, test, profile="tiny", models_dir=tmp_path)
+    logged = train.fit_stage(stages["log_target"], fit, test, profile="tiny", models_dir=tmp_path)
+    assert logged.cv_rmsle < raw.cv_rmsle
     assert np.isfinite(logged.test_prediction).all()
 
 
@@ -68,5 +73,7 @@ def test_notebook_runs_end_to_end_in_the_tiny_profile(tmp_path):
         assert list(submission.columns) == ["datetime", "count"] and (submission["count"] >= 0).all()
         sizes.add(len(submission))
     assert len(sizes) == 1 and sizes.pop() > 3000  # 6,493 test hours; 3,223 in the 2011-only stand-in
+    selected = metrics["summary"]["selected stage (lowest block CV RMSLE)"]
+    assert (folder / "submission.csv").read_bytes() == (folder / f"submission_{selected}.csv").read_bytes()
     for figure in metrics["figures"]:
         assert (folder / figure["path"]).stat().st_size > 1000

@@ -20,6 +20,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from common import s3io
@@ -308,6 +309,38 @@ def load_stand_in() -> BikeData:
 
 def validation_split(train: pd.DataFrame, first_day: int = 15) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Hold out days `first_day`-19 of every month: like Kaggle's test (the days after the training
-    days of the same month), so the validation score imitates the test score without touching it."""
+    days of the same month), so the validation score imitates the test score without touching it.
+    The project's first protocol; `day_blocks` (cross-validation over blocks of days) replaced it."""
     held_out = train["datetime"].dt.day >= first_day
     return train[~held_out].reset_index(drop=True), train[held_out].reset_index(drop=True)
+
+
+# Blocks of days within every month, for cross-validation: Kaggle's test is days 20 to month end,
+# the days after the known ones, so each fold holds out a block of consecutive days in every month
+# and fits on the rest. Ranking 39 finished models, these four blocks agreed with the test ranking
+# best of the schemes tried (rank correlation 0.85, the days 15-19 split alone 0.65).
+DAY_BLOCKS = ((1, 5), (6, 10), (11, 14), (15, 19))
+
+
+def day_blocks(datetimes: pd.Series, blocks: tuple[tuple[int, int], ...] = DAY_BLOCKS) -> np.ndarray:
+    """Block number (0 to len(blocks)-1) of every hour, from its day of the month; an hour on a day
+    outside every block (a test day, say) raises ValueError naming it."""
+    day = pd.to_datetime(datetimes).dt.day.to_numpy()
+    block = np.full(len(day), -1)
+    for number, (first, last) in enumerate(blocks):
+        block[(day >= first) & (day <= last)] = number
+    if (block < 0).any():
+        i = int((block < 0).nonzero()[0][0])
+        raise ValueError(f"datetime {pd.to_datetime(datetimes).iloc[i]} is on day {day[i]}, outside every block "
+                         f"{list(blocks)}: block cross-validation is for the training days only")
+    return block
+
+
+def block_folds(train: pd.DataFrame, blocks: tuple[tuple[int, int], ...] = DAY_BLOCKS):
+    """(fit rows, validation rows) index arrays, one pair per block: validate on that block of days of
+    every month, fit on the other blocks. Every training hour is validated exactly once."""
+    block = day_blocks(train["datetime"], blocks)
+    present = [b for b in range(len(blocks)) if (block == b).any()]
+    if len(present) < 2:
+        raise ValueError(f"block cross-validation needs hours in at least 2 of the blocks {list(blocks)}")
+    return [((block != b).nonzero()[0], (block == b).nonzero()[0]) for b in present]

@@ -14,6 +14,7 @@ from common.metrics import rmsle
 
 log = logging.getLogger(__name__)
 HEADER = ["datetime", "count"]
+SUBMISSION_FILE = "submission.csv"  # the selected stage's file, under the name Kaggle users expect
 
 
 def validate_submission(submission: pd.DataFrame, sample: pd.DataFrame, where: str = "submission") -> None:

@@ -1,9 +1,15 @@
-"""Training stages: each one AutoGluon TabularPredictor fit (two for the casual/registered split).
+"""Training stages: AutoGluon TabularPredictor fits (two for the casual/registered split), then
+LightGBM, CatBoost and XGBoost fitted directly and blended (`gbm.py`).
 
-Every stage is fitted on the training days 1-14 of each month with days 15-19 as AutoGluon's
-tuning data (`data.validation_split`), scored by RMSLE on those validation days (the one
-number that compares all stages), then refit on all 19 days (`refit_full`) to predict the
-test days for its submission. The test set's true counts are never seen here.
+Validation is block cross-validation over the days of each month (`data.block_folds`: days 1-5,
+6-10, 11-14, 15-19). Kaggle's test is days 20 to month end, the days after the known ones; a block
+held out of every month imitates it, and of the schemes compared on 39 finished models it ranked
+them most like the test did. Every stage gets an out-of-fold prediction for every training hour:
+AutoGluon bags its models over the same blocks (`groups`), the direct models are fitted per block.
+The pooled out-of-fold RMSLE ("block CV") compares stages and selects one; the days 15-19 block
+alone (fit on days 1-14) is the project's first validation split, reported next to it.
+Test predictions come from models that saw all 19 days: AutoGluon's bagged models average their
+four fold models, the direct models are refit on all days. The test counts are never seen here.
 """
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bike_sharing_autogluon.src import gbm
+from bike_sharing_autogluon.src.data import DAY_BLOCKS, block_folds, day_blocks
 from bike_sharing_autogluon.src.features import make_features, weather_history
 from common.metrics import rmsle
 
@@ -25,15 +33,18 @@ class Stage:
     change: str            # what this stage changes, for the results table
     features: str          # a features.FEATURE_SETS name
     target: str            # "count", "log_count" (log1p) or "casual_registered" (log1p each, summed)
-    time_share: float      # share of the profile's time budget
+    time_share: float      # share of the profile's AutoGluon time budget (0 for the direct models)
     presets: str = "medium_quality"
-    tune: bool = False     # hyperparameter search over GBM / CatBoost / XGBoost + bagging, as the seed
+    tune: bool = False     # hyperparameter search over GBM / CatBoost / XGBoost, as the seed
+    libraries: tuple[str, ...] = ()  # direct models (gbm.LIBRARIES) instead of AutoGluon; blended when several
+    seeds: int = 1         # direct models: seeds averaged per library
 
 
 STAGES = [
     Stage("initial", "raw features, RMSE on count (the seed's first run)", "raw", "count", 0.08),
     Stage("add_features", "+ hour, season/weather as categories (the seed)", "seed", "count", 0.08),
-    Stage("hpo", "+ hyperparameter search and bagging (the seed)", "seed", "count", 0.14, tune=True),
+    Stage("hpo", "+ hyperparameter search (the seed; every stage is now bagged over the day blocks)", "seed",
+          "count", 0.14, tune=True),
     Stage("log_target", "log1p target: its RMSE is the competition's RMSLE", "seed", "log_count", 0.10),
     Stage("split_targets", "casual and registered modelled separately (log1p each), summed", "seed",
           "casual_registered", 0.10),
@@ -43,31 +54,60 @@ STAGES = [
           "weather", "casual_registered", 0.12),
     Stage("best_quality", "best_quality preset (bagged, stacked) on the weather_history setup", "weather",
           "casual_registered", 0.28, presets="best_quality"),
+    Stage("lightgbm", "LightGBM alone, fitted directly (fixed rounds, 1 thread) on the weather_history setup",
+          "weather", "casual_registered", 0.0, libraries=("lightgbm",)),
+    Stage("gbm_blend", "+ CatBoost and XGBoost, blended with non-negative least-squares weights fitted on "
+          "out-of-fold block predictions", "weather", "casual_registered", 0.0, libraries=gbm.LIBRARIES),
+    Stage("seed_average", "+ each library averaged over 3 seeds before blending", "weather", "casual_registered",
+          0.0, libraries=gbm.LIBRARIES, seeds=3),
 ]
 
-# `bag_folds` applies to the bagged stages (hpo, best_quality).
+# budget: seconds of AutoGluon fitting over all its stages (split by time_share, then per target);
+# None (tiny): no time limit, the models are small, and a limit could starve them on a busy machine;
+# gbm_rounds scales the direct models' trees; max_seeds caps the seeds of seed_average; workers:
+# processes fitting direct models side by side (one thread each).
 PROFILES = {
-    "tiny": {"budget": 120, "hyperparameters": {"GBM": {"num_boost_round": 60}}, "trials": 2, "bag_folds": 2},
-    # quick: the three boosting libraries only; the neural net and k-NN cost minutes in refits
-    "quick": {"budget": 150, "hyperparameters": {"GBM": {}, "CAT": {}, "XGB": {}}, "trials": 4, "bag_folds": 5},
-    "full": {"budget": 480, "hyperparameters": None, "trials": 10, "bag_folds": 8},
+    "tiny": {"budget": None, "hyperparameters": {"GBM": {"num_boost_round": 60}}, "trials": 2,
+             "gbm_rounds": 0.03, "max_seeds": 2, "workers": 1},
+    # quick: the three boosting libraries only; the neural net and k-NN cost minutes
+    "quick": {"budget": 150, "hyperparameters": {"GBM": {}, "CAT": {}, "XGB": {}}, "trials": 4,
+              "gbm_rounds": 0.4, "max_seeds": 2, "workers": 2},
+    "full": {"budget": 360, "hyperparameters": None, "trials": 10, "gbm_rounds": 1.0, "max_seeds": 3, "workers": 2},
 }
+OLD_SPLIT_BLOCK = len(DAY_BLOCKS) - 1  # days 15-19: the project's first validation split
 
 
 @dataclass
 class StageResult:
     stage: Stage
-    leaderboard: pd.DataFrame       # AutoGluon's, on the validation days (one per target model)
-    best_models: dict[str, str]     # target -> AutoGluon's best model
-    autogluon_score: dict[str, float]  # target -> best model's score_val in AutoGluon's metric
-    valid_rmsle: float              # RMSLE of `count` on the validation days
-    test_prediction: np.ndarray     # predicted `count` for test.csv's rows, from the refit model
+    leaderboard: pd.DataFrame       # AutoGluon's (scores on out-of-fold predictions), or one row per direct model
+    best_models: dict[str, str]     # target -> AutoGluon's best model; for blends, the weights
+    autogluon_score: dict[str, float]  # target -> best model's score_val in AutoGluon's metric (AutoGluon only)
+    oof_prediction: np.ndarray      # out-of-fold `count` of every training hour
+    cv_rmsle: float                 # RMSLE of `count` over all training hours, out of fold (block CV)
+    block_rmsle: list[float]        # the same, block by block
+    test_prediction: np.ndarray     # predicted `count` for test.csv's rows, from models that saw all 19 days
     fit_seconds: float
-    settings: dict = field(default_factory=dict)  # AutoGluon fit() arguments (search spaces omitted)
+    settings: dict = field(default_factory=dict)  # fit() arguments or model parameters (search spaces omitted)
+
+    @property
+    def valid_rmsle(self) -> float:
+        """The days 15-19 block alone: the project's first validation split (fit on days 1-14)."""
+        return self.block_rmsle[OLD_SPLIT_BLOCK]
 
 
-def search_space(trials: int) -> tuple[dict, dict]:
-    """Hyperparameter search as the seed's third run: a few trials per model family."""
+def block_scores(train: pd.DataFrame, oof_counts: np.ndarray) -> tuple[float, list[float]]:
+    """Pooled out-of-fold RMSLE, and RMSLE per block of days (NaN for a block without hours)."""
+    blocks = day_blocks(train["datetime"])
+    truth = train["count"].to_numpy(dtype=float)
+    per_block = [rmsle(truth[blocks == b], oof_counts[blocks == b]) if (blocks == b).any() else float("nan")
+                 for b in range(len(DAY_BLOCKS))]
+    return rmsle(truth, oof_counts), per_block
+
+
+def search_space(trials: int, families: dict | None = None) -> tuple[dict, dict]:
+    """Hyperparameter search as the seed's third run: a few trials per model family; with a profile's
+    `families` (its `hyperparameters`), only those, with their settings kept (tiny: small GBMs)."""
     from autogluon.common import space
 
     hyperparameters = {
@@ -77,68 +117,123 @@ def search_space(trials: int) -> tuple[dict, dict]:
         "XGB": {"max_depth": space.Int(3, 10, default=6),
                 "learning_rate": space.Real(0.01, 0.2, default=0.1, log=True)},
     }
+    if families is not None:
+        hyperparameters = {name: {**families[name], **hyperparameters[name]}
+                           for name in hyperparameters if name in families}
     return hyperparameters, {"num_trials": trials, "scheduler": "local", "searcher": "random"}
 
 
-def _fit_one(label: str, train: pd.DataFrame, tuning: pd.DataFrame, *, path: Path, time_limit: float,
-             stage: Stage, profile: dict, verbosity: int):
+def _fit_one(label: str, train: pd.DataFrame, *, path: Path, time_limit: float, stage: Stage, profile: dict,
+             verbosity: int):
     from autogluon.tabular import TabularPredictor
 
     # FASTAI is not installed: autogluon's fastai extra pins torch < 2.14 (see requirements.txt).
+    # Bagging over the day blocks (`groups`: one fold per block) gives out-of-fold predictions.
+    # One CPU per model and folds one after another: two OpenMP threads on these shared cores made
+    # LightGBM and XGBoost 25-40x slower (benchmarks/threads.py).
     kwargs: dict = {"time_limit": time_limit, "presets": stage.presets, "verbosity": verbosity,
-                    "excluded_model_types": ["FASTAI"]}
+                    "excluded_model_types": ["FASTAI"], "num_bag_folds": len(DAY_BLOCKS), "num_bag_sets": 1,
+                    "ag_args_fit": {"num_cpus": 1},
+                    "ag_args_ensemble": {"fold_fitting_strategy": "sequential_local"}}
     if profile["hyperparameters"] is not None:
         kwargs["hyperparameters"] = profile["hyperparameters"]
     if stage.tune:
-        hyperparameters, tune_kwargs = search_space(profile["trials"])
-        kwargs.update(hyperparameters=hyperparameters, hyperparameter_tune_kwargs=tune_kwargs,
-                      num_bag_sets=1)
-    if stage.tune or stage.presets == "best_quality":
-        # bagging, with our validation days as the holdout that scores the ensemble
-        kwargs.update(num_bag_folds=profile["bag_folds"], use_bag_holdout=True)
+        hyperparameters, tune_kwargs = search_space(profile["trials"], profile["hyperparameters"])
+        kwargs.update(hyperparameters=hyperparameters, hyperparameter_tune_kwargs=tune_kwargs)
     if stage.presets == "best_quality":
         kwargs.update(dynamic_stacking=False)  # its extra sub-fit would eat a quarter of the budget
     shutil.rmtree(path, ignore_errors=True)
     # RMSE: on counts for the seed's stages, on log1p counts (= RMSLE) for the later ones
     predictor = TabularPredictor(label=label, eval_metric="root_mean_squared_error", path=str(path),
-                                 verbosity=verbosity)
-    predictor.fit(train, tuning_data=tuning, **kwargs)
+                                 verbosity=verbosity, groups="block")
+    predictor.fit(train, **kwargs)
     return predictor, kwargs
 
 
-def fit_stage(stage: Stage, train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame, *,
-              profile: str, models_dir: Path, verbosity: int = 0) -> StageResult:
-    """Fit one stage; see the module docstring for the protocol."""
+def fit_stage(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, profile: str, models_dir: Path,
+              verbosity: int = 0, cache: dict | None = None) -> StageResult:
+    """Fit one stage on all training days (block CV inside); see the module docstring.
+
+    `cache` ((library, seed) -> gbm.ModelRun) lets the direct-model stages share the models they
+    have in common (seed_average reuses gbm_blend's first seed)."""
+    if stage.libraries:
+        return fit_direct_stage(stage, train, test, profile=profile, cache=cache)
     config = PROFILES[profile]
-    history = weather_history([train, valid, test])  # inputs only: weather of every hour
-    x_train, x_valid, x_test = (make_features(f, stage.features, history) for f in (train, valid, test))
+    history = weather_history([train, test])  # inputs only: weather of every hour
+    x_train, x_test = (make_features(f, stage.features, history) for f in (train, test))
+    x_train["block"] = day_blocks(train["datetime"])
     labels = ["casual", "registered"] if stage.target == "casual_registered" else ["count"]
     log_space = stage.target != "count"
-    time_limit = config["budget"] * stage.time_share / len(labels)
+    time_limit = None if config["budget"] is None else config["budget"] * stage.time_share / len(labels)
 
     started = time.perf_counter()
-    valid_pred = np.zeros(len(valid))
+    oof_pred = np.zeros(len(train))
     test_pred = np.zeros(len(test))
     boards, best, scores, settings = [], {}, {}, {}
     for label in labels:
-        def with_target(x, frame):
-            y = frame[label].astype(float)
-            return x.assign(**{label: np.log1p(y) if log_space else y})
-
-        predictor, settings = _fit_one(label, with_target(x_train, train), with_target(x_valid, valid),
+        y = train[label].astype(float)
+        predictor, settings = _fit_one(label, x_train.assign(**{label: np.log1p(y) if log_space else y}),
                                        path=models_dir / stage.name / label, time_limit=time_limit,
                                        stage=stage, profile=config, verbosity=verbosity)
         board = predictor.leaderboard(silent=True)
         boards.append(board.assign(target=label))
         best[label] = predictor.model_best
         scores[label] = float(-board.loc[board["model"] == predictor.model_best, "score_val"].iloc[0])
-        valid_pred += _to_counts(predictor.predict(x_valid), log_space)
-        predictor.refit_full(model="best")  # all 19 days for the submission; sets model_best to the refit
+        oof_pred += _to_counts(predictor.predict_oof(), log_space)
         test_pred += _to_counts(predictor.predict(x_test), log_space)
     seconds = time.perf_counter() - started
     settings = {k: v for k, v in settings.items() if k not in ("verbosity", "hyperparameters")}
-    return StageResult(stage, pd.concat(boards, ignore_index=True), best, scores,
-                       rmsle(valid["count"], valid_pred), test_pred, seconds, settings)
+    cv, per_block = block_scores(train, oof_pred)
+    return StageResult(stage, pd.concat(boards, ignore_index=True), best, scores, oof_pred, cv, per_block,
+                       test_pred, seconds, settings)
+
+
+def fit_direct_stage(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, profile: str,
+                     cache: dict | None = None) -> StageResult:
+    """LightGBM / CatBoost / XGBoost on log1p(casual) and log1p(registered), fitted per day block
+    for out-of-fold predictions and on all days for the test; several libraries are blended with
+    non-negative least-squares weights fitted on the out-of-fold predictions (`gbm.py`)."""
+    config = PROFILES[profile]
+    cache = {} if cache is None else cache
+    history = weather_history([train, test])
+    x_train, x_test = (gbm.as_matrix(make_features(f, stage.features, history)) for f in (train, test))
+    y_log = {t: np.log1p(train[t].to_numpy(dtype=float)) for t in gbm.TARGETS}
+    folds = block_folds(train)
+    seeds = list(range(min(stage.seeds, config["max_seeds"])))
+
+    seconds, per_library, rows = 0.0, {}, []
+    for library in stage.libraries:
+        runs = []
+        for seed in seeds:
+            if (library, seed) not in cache:
+                cache[library, seed] = gbm.fit_model(library, seed, x_train, y_log, folds, x_test,
+                                                     rounds_scale=config["gbm_rounds"], workers=config["workers"])
+            runs.append(cache[library, seed])
+        seconds += sum(r.seconds for r in runs)
+        per_library[library] = gbm.seed_average(runs)
+    y_count = np.log1p(train["count"].to_numpy(dtype=float))
+    oof_log = np.column_stack([gbm.log_count(p["oof"]) for p in per_library.values()])
+    test_log = np.column_stack([gbm.log_count(p["test"]) for p in per_library.values()])
+    if len(stage.libraries) > 1:
+        weights = gbm.blend_weights(oof_log, y_count)
+        oof_blend = gbm.cross_fitted_blend(oof_log, y_count, folds)
+    else:
+        weights, oof_blend = np.ones(1), oof_log[:, 0]
+    for i, library in enumerate(stage.libraries):
+        oof_counts = np.expm1(oof_log[:, i])
+        rows.append({"model": library, "seeds": len(seeds), "block CV RMSLE": rmsle(train["count"], oof_counts),
+                     "blend weight": float(weights[i]),
+                     "fit seconds": sum(cache[library, s].seconds for s in seeds)})
+    oof_pred = np.clip(np.expm1(oof_blend), 0, None)
+    test_pred = np.clip(np.expm1(test_log @ weights), 0, None)
+    cv, per_block = block_scores(train, oof_pred)
+    blend = " + ".join(f"{w:.2f} {lib}" for lib, w in zip(stage.libraries, weights))
+    settings = {lib: {k: v for k, v in gbm.params(lib, 0, config["gbm_rounds"]).items()
+                      if k not in ("random_state", "random_seed", "verbose", "allow_writing_files")}
+                for lib in stage.libraries}
+    settings["seeds"] = seeds
+    return StageResult(stage, pd.DataFrame(rows), {"count": blend}, {}, oof_pred, cv, per_block, test_pred,
+                       seconds, settings)
 
 
 def _to_counts(prediction: pd.Series, log_space: bool) -> np.ndarray:

@@ -1,0 +1,109 @@
+"""The results table, the stage selection and `metrics.json`, built from the stage results.
+
+Selection uses block cross-validation only. The Kaggle-equivalent score (true counts of the test
+hours we know) is reported next to it and never chooses anything; its label always says which
+hours it covers: 2011 only with ISLP's copy of the data, all 6,493 with UCI's hour.csv.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from common import report
+
+PROJECT = "bike_sharing_autogluon"
+TITLE = "Bike Sharing Demand (AutoGluon Tabular + direct GBM blend)"
+SEED_KAGGLE_SCORE = 0.60006
+CV = "block CV RMSLE (days 1-5, 6-10, 11-14, 15-19)"
+OLD = "days 15-19 RMSLE (old split)"
+
+
+def hours_covered(test: pd.DataFrame, truth: pd.Series | None) -> str:
+    """Which test hours the Kaggle-equivalent score covers, in words: 'all 6,493 test hours' or
+    '3,223 of 6,493 test hours: 2011 only'."""
+    total = len(test)
+    if truth is None:
+        return f"none of the {total:,} test hours (no true counts here)"
+    known = pd.DatetimeIndex(test["datetime"]).isin(truth.index)
+    if known.all():
+        return f"all {total:,} test hours"
+    years = sorted(set(pd.DatetimeIndex(test["datetime"])[known].year))
+    return f"{int(known.sum()):,} of {total:,} test hours: {', '.join(map(str, years))} only"
+
+
+def kaggle_label(covered: str) -> str:
+    """The Kaggle-equivalent column/line name, saying which hours it covers wherever it appears."""
+    return f"Kaggle-equivalent RMSLE ({covered})"
+
+
+def stage_row(result, kaggle_rmsle: float | None, covered: str) -> dict:
+    """One line of the results table for a train.StageResult."""
+    stage = result.stage
+    return {
+        "stage": stage.name,
+        "what changed": stage.change,
+        "settings": "; ".join(f"{k}={v}" for k, v in result.settings.items()),
+        "best model(s)": ", ".join(f"{t}: {m}" for t, m in result.best_models.items()),
+        CV: round(result.cv_rmsle, 4),
+        OLD: round(result.valid_rmsle, 4),
+        kaggle_label(covered): None if kaggle_rmsle is None else round(kaggle_rmsle, 4),
+        "fit seconds": round(result.fit_seconds, 1),
+    }
+
+
+def select_stage(table: pd.DataFrame) -> pd.Series:
+    """The stage with the lowest block-CV RMSLE (the first on a tie); test scores play no part."""
+    if table.empty:
+        raise ValueError("no stages to select from")
+    return table.loc[table[CV].astype(float).idxmin()]
+
+
+def rank_agreement(table: pd.DataFrame, covered: str) -> dict[str, float | None]:
+    """Spearman rank correlation, across stages, of each validation score with the Kaggle-equivalent
+    score: how well each scheme ranks the stages as the test does. Reported, never used to choose."""
+    kaggle = table[kaggle_label(covered)].astype(float)
+    if kaggle.notna().sum() < 3:
+        return {CV: None, OLD: None}
+    return {name: float(table[name].astype(float).corr(kaggle, method="spearman")) for name in (CV, OLD)}
+
+
+def build_metrics(*, profile: str, source: str, stand_in: bool, truth_source: str, covered: str,
+                  table: pd.DataFrame, eda_findings: dict, figures: list[dict], submission_file: str) -> dict:
+    """metrics.json for the README report (the runner adds the `run` record)."""
+    best = select_stage(table)
+    kaggle = best[kaggle_label(covered)]
+    has_truth = kaggle is not None and not pd.isna(kaggle)
+    note = (f"Kaggle-equivalent RMSLE uses {truth_source}: {covered}."
+            if has_truth else "No true test counts here: Kaggle's leaderboard is the test score.")
+    summary = {
+        "selected stage (lowest block CV RMSLE)": best["stage"],
+        f"its {CV}": best[CV],
+        f"its {OLD}": best[OLD],
+        f"its {kaggle_label(covered)}": kaggle if has_truth else None,
+    }
+    if has_truth:
+        summary[f"gap: Kaggle-equivalent minus block CV ({covered})"] = round(float(kaggle) - float(best[CV]), 4)
+        for name, rho in rank_agreement(table, covered).items():
+            summary[f"Spearman rank agreement across stages of {name.split(' (')[0]} with {kaggle_label(covered)}"] = (
+                None if rho is None else round(rho, 2))
+    summary["submission file"] = submission_file
+    summary["seed's best Kaggle score (all test hours, for reference)"] = SEED_KAGGLE_SCORE
+    stages = [{k: _plain(v) for k, v in row.items()} for row in table.to_dict("records")]
+    return {
+        "project": PROJECT,
+        "title": TITLE,
+        "profile": profile,
+        "data": {"source": source, "stand_in": bool(stand_in), "note": note},
+        "summary": summary,
+        "stages": stages,
+        "eda_findings": eda_findings,
+        "tables": [report.table("Stages (selected by block CV; the Kaggle-equivalent score chooses nothing)",
+                                table.drop(columns=["settings"]))],
+        "figures": figures,
+    }
+
+
+def _plain(value):
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value.item() if hasattr(value, "item") else value

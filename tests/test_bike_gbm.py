@@ -1,0 +1,143 @@
+"""The direct models and their blend: weights, out-of-fold discipline, a tiny stage fit, the results table."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bike_sharing_autogluon.src import data, gbm, results, submission, train
+from tests.bike_fixtures import uci_hour
+
+
+def test_blend_weights_are_non_negative_least_squares():
+    rng = np.random.default_rng(0)
+    y = rng.normal(5, 1, 500)
+    error = rng.normal(0, 0.5, 500)
+    # unconstrained least squares would fit y = model - its_error exactly, weighting the second column -1
+    weights = gbm.blend_weights(np.column_stack([y + error, error]), y)
+    unconstrained = np.linalg.lstsq(np.column_stack([y + error, error]), y, rcond=None)[0]
+    assert unconstrained[1] == pytest.approx(-1) and weights[1] == 0 and (weights >= 0).all()
+    exact = gbm.blend_weights(np.column_stack([y, y + 1]), 0.3 * y + 0.7 * (y + 1))
+    np.testing.assert_allclose(exact, [0.3, 0.7], atol=1e-8)
+
+
+def test_blend_weights_refuse_missing_out_of_fold_predictions():
+    with pytest.raises(ValueError, match="every hour needs an out-of-fold prediction"):
+        gbm.blend_weights(np.array([[1.0], [np.nan]]), np.array([1.0, 2.0]))
+    with pytest.raises(ValueError, match="hours x models with 3 rows"):
+        gbm.blend_weights(np.ones((2, 2)), np.ones(3))
+
+
+def test_cross_fitted_blend_never_fits_weights_on_the_hours_it_scores():
+    """Each fold is blended with weights from the other folds: changing a fold's truth cannot change it."""
+    rng = np.random.default_rng(1)
+    oof = rng.normal(5, 1, (40, 2))
+    y = oof @ [0.2, 0.8]
+    folds = [(np.arange(20, 40), np.arange(20)), (np.arange(20), np.arange(20, 40))]
+    before = gbm.cross_fitted_blend(oof, y, folds)
+    changed = y.copy()
+    changed[:20] = oof[:20] @ [0.9, 0.1]
+    after = gbm.cross_fitted_blend(oof, changed, folds)
+    np.testing.assert_allclose(after[:20], before[:20])  # fold 1 uses weights fitted on fold 2 only
+    assert not np.allclose(after[20:], before[20:])
+    np.testing.assert_allclose(before, y, atol=1e-8)
+
+
+def test_log_count_sums_the_parts_in_bike_counts():
+    parts = {"casual": np.log1p([3.0, 0.0]), "registered": np.log1p([7.0, -0.5])}
+    np.testing.assert_allclose(gbm.log_count(parts), np.log1p([10.0, 0.0]))
+
+
+def test_models_use_one_thread():
+    for library in gbm.LIBRARIES:
+        kwargs = gbm.params(library, 0)
+        assert kwargs.get("n_jobs", kwargs.get("thread_count")) == 1, library
+    with pytest.raises(ValueError, match="unknown library 'gbdt'"):
+        gbm.params("gbdt", 0)
+
+
+@pytest.fixture(scope="module")
+def kaggle_frames():
+    texts = data.kaggle_files_from_uci(uci_hour(months=(1, 2)))
+    frames = {name: data.check_frame(pd.read_csv(io.StringIO(t), dtype=str, keep_default_na=False), name, "fixture")
+              for name, t in texts.items()}
+    return frames["train.csv"], frames["test.csv"], frames["sampleSubmission.csv"]
+
+
+def test_direct_stages_score_out_of_fold_blend_and_share_models(kaggle_frames, tmp_path):
+    fit, test, sample = kaggle_frames
+    stages = {s.name: s for s in train.STAGES}
+    cache: dict = {}
+    blend = train.fit_stage(stages["gbm_blend"], fit, test, profile="tiny", models_dir=tmp_path, cache=cache)
+    assert set(cache) == {(lib, 0) for lib in gbm.LIBRARIES}
+    first_runs = dict(cache)
+    averaged = train.fit_stage(stages["seed_average"], fit, test, profile="tiny", models_dir=tmp_path, cache=cache)
+    assert all(cache[key] is run for key, run in first_runs.items())  # seed 0 reused, not refitted
+    assert len(cache) == 2 * len(gbm.LIBRARIES)  # tiny caps seeds at 2
+    for result in (blend, averaged):
+        assert result.oof_prediction.shape == (len(fit),) and np.isfinite(result.oof_prediction).all()
+        assert result.test_prediction.shape == (len(test),) and (result.test_prediction >= 0).all()
+        assert (result.leaderboard["blend weight"] >= 0).all()
+        assert len(result.block_rmsle) == 4 and result.valid_rmsle == result.block_rmsle[3]
+        assert 0 < result.cv_rmsle < 2
+    path = submission.write_submission(averaged.test_prediction, sample, tmp_path / submission.SUBMISSION_FILE)
+    assert path.name == "submission.csv"
+    lines = path.read_text().splitlines()
+    assert lines[0] == "datetime,count" and len(lines) == len(test) + 1
+    assert [line.split(",")[0] for line in lines[1:]] == list(sample["datetime"].dt.strftime("%Y-%m-%d %H:%M:%S"))
+
+
+def _table(covered):
+    return pd.DataFrame([
+        {"stage": "a", "what changed": "x", "settings": "", "best model(s)": "", results.CV: 0.31, results.OLD: 0.28,
+         results.kaggle_label(covered): 0.40, "fit seconds": 1.0},
+        {"stage": "b", "what changed": "y", "settings": "", "best model(s)": "", results.CV: 0.30, results.OLD: 0.29,
+         results.kaggle_label(covered): 0.39, "fit seconds": 2.0},
+        {"stage": "c", "what changed": "z", "settings": "", "best model(s)": "", results.CV: 0.32, results.OLD: 0.27,
+         results.kaggle_label(covered): 0.38, "fit seconds": 3.0},
+    ])
+
+
+def test_metrics_select_by_block_cv_and_name_the_hours_scored():
+    test = pd.DataFrame({"datetime": pd.to_datetime(["2011-01-20", "2011-01-21", "2012-01-20"])})
+    truth_2011 = pd.Series([1, 2], index=pd.DatetimeIndex(test["datetime"][:2]))
+    covered = results.hours_covered(test, truth_2011)
+    assert covered == "2 of 3 test hours: 2011 only"
+    assert results.hours_covered(test, pd.Series(1, index=pd.DatetimeIndex(test["datetime"]))) == "all 3 test hours"
+    metrics = results.build_metrics(profile="tiny", source="src", stand_in=False, truth_source="ISLP",
+                                    covered=covered, table=_table(covered), eda_findings={}, figures=[],
+                                    submission_file="submission.csv")
+    summary = metrics["summary"]
+    # "c" has the best Kaggle-equivalent and the best old split, but block CV chooses, and it says "b"
+    assert summary["selected stage (lowest block CV RMSLE)"] == "b"
+    kaggle_lines = [k for k in summary if "Kaggle-equivalent" in k] + [
+        c for c in metrics["tables"][0]["columns"] if "Kaggle-equivalent" in c]
+    assert kaggle_lines and all("2 of 3 test hours: 2011 only" in line for line in kaggle_lines)
+    assert summary["gap: Kaggle-equivalent minus block CV (2 of 3 test hours: 2011 only)"] == pytest.approx(0.09)
+    assert metrics["data"]["note"] == "Kaggle-equivalent RMSLE uses ISLP: 2 of 3 test hours: 2011 only."
+    assert [row["stage"] for row in metrics["stages"]] == ["a", "b", "c"]
+    assert "settings" not in metrics["tables"][0]["columns"]
+
+
+def test_metrics_without_true_counts_say_so():
+    covered = "none of the 3 test hours (no true counts here)"
+    table = _table(covered).assign(**{results.kaggle_label(covered): None})
+    metrics = results.build_metrics(profile="tiny", source="src", stand_in=True, truth_source="", covered=covered,
+                                    table=table, eda_findings={}, figures=[], submission_file="submission.csv")
+    assert metrics["data"]["note"].startswith("No true test counts here")
+    assert not any(k.startswith("gap") for k in metrics["summary"])
+
+
+def test_parallel_fits_give_the_same_predictions(kaggle_frames):
+    """Workers change where models are fitted, not what they predict (one thread each, fixed seeds)."""
+    fit, test, _ = kaggle_frames
+    x = gbm.as_matrix(fit[data.FEATURES])
+    x_test = gbm.as_matrix(test[data.FEATURES])
+    y = {"registered": np.log1p(fit["registered"].to_numpy(dtype=float))}
+    folds = data.block_folds(fit)
+    one, two = (gbm.fit_model("lightgbm", 0, x, y, folds, x_test, rounds_scale=0.02, workers=w) for w in (1, 2))
+    np.testing.assert_allclose(one.oof["registered"], two.oof["registered"])
+    np.testing.assert_allclose(one.test["registered"], two.test["registered"])
+    assert np.isfinite(one.oof["registered"]).all()
