@@ -119,6 +119,7 @@ def test_metrics_select_by_block_cv_and_name_the_hours_scored():
     assert metrics["data"]["note"] == "Kaggle-equivalent RMSLE uses ISLP: 2 of 3 test hours: 2011 only."
     assert [row["stage"] for row in metrics["stages"]] == ["a", "b", "c"]
     assert "settings" not in metrics["tables"][0]["columns"]
+    assert metrics["headline"]["value"] == "0.3900 Kaggle-equivalent (2 of 3 test hours: 2011 only); block CV 0.3000 (`b`)"
 
 
 def test_metrics_without_true_counts_say_so():

@@ -89,6 +89,10 @@ def build_metrics(*, profile: str, source: str, stand_in: bool, truth_source: st
     summary["submission file"] = submission_file
     summary["seed's best Kaggle score (all test hours, for reference)"] = SEED_KAGGLE_SCORE
     stages = [{k: _plain(v) for k, v in row.items()} for row in table.to_dict("records")]
+    value = (f"{float(kaggle):.4f} Kaggle-equivalent ({covered}); " if has_truth else "") + \
+        f"block CV {float(best[CV]):.4f} (`{best['stage']}`)"
+    headline = {"metric": "RMSLE on Kaggle's test hours (lower is better)",
+                "seed": f"{SEED_KAGGLE_SCORE} (Kaggle, all test hours)", "value": value}
     return {
         "project": PROJECT,
         "title": TITLE,
@@ -100,6 +104,7 @@ def build_metrics(*, profile: str, source: str, stand_in: bool, truth_source: st
         "tables": [report.table("Stages (selected by block CV; the Kaggle-equivalent score chooses nothing)",
                                 table.drop(columns=["settings"]))],
         "figures": figures,
+        "headline": headline,
     }
 
 
