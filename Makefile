@@ -17,6 +17,7 @@ help:
 	@echo "make run   [PROFILE=quick|full] [PROJECTS='bike_sharing_autogluon ...'] [DATA_DIR=...]"
 	@echo "           run the notebooks headless, write reports/, regenerate the README report"
 	@echo "make test  [PYTEST_ARGS=...]   run the test suite"
+	@echo "make app   [PORT=...]   the landmark app as a web page on 127.0.0.1 (prints its URL)"
 	@echo "make venv  build .venv from requirements.txt (both targets do this when needed)"
 
 $(STAMP): requirements.txt requirements-tools.txt pyproject.toml
@@ -39,3 +40,9 @@ test: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+.PHONY: app
+# The landmark app as a web page: Voila serves landmark_classifier/app.ipynb on 127.0.0.1 (a free
+# port unless PORT=...) and prints the URL; Ctrl+C stops it. `jupyter lab` opens the same notebook.
+app: $(STAMP)
+	$(VENV)/bin/python -m landmark_classifier.src.app $(if $(PORT),--port $(PORT))
