@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import base64
+import io
+import json
 
 import boto3
 import pytest
 from moto import mock_aws
 
-from scones_workflow.src.lambdas import classify, confidence_filter, events, serialize
+from scones_workflow.src.lambdas import classify, confidence_filter, constants, events, serialize
 from scones_workflow.src.server import InferenceServer
 from tests.scones_fixtures import fake_predict, png_bytes
 
@@ -89,3 +91,64 @@ def test_filter_rejects_missing_or_empty_inferences():
         confidence_filter.lambda_handler({"body": {}}, None)
     with pytest.raises(events.InvalidEvent, match="non-empty list of probabilities"):
         confidence_filter.lambda_handler({"body": {"inferences": []}}, None)
+
+
+# ---------------------------------------------------------------------------- the low-confidence metric
+def _emf_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_filter_emits_one_embedded_metric_record_per_inference(monkeypatch, capsys):
+    """CloudWatch embedded metric format on stdout: what template.yaml's alarm reads (no API call needed)."""
+    monkeypatch.delenv("METRICS_FILE", raising=False)
+    monkeypatch.delenv("THRESHOLD_CONFIDENCE", raising=False)
+    monkeypatch.setenv("ENDPOINT_NAME", "scones-endpoint")
+    confidence_filter.lambda_handler({"body": {"inferences": [0.97, 0.03], "s3_key": "a.png", "variant": "Primary"}},
+                                     None)
+    with pytest.raises(events.THRESHOLD_CONFIDENCE_NOT_MET):
+        confidence_filter.lambda_handler({"body": {"inferences": [0.30, 0.70], "s3_key": "b.png"}}, None)
+    confident, low = _emf_lines(capsys.readouterr().out)
+    directive = confident["_aws"]["CloudWatchMetrics"][0]
+    assert directive["Namespace"] == constants.METRIC_NAMESPACE and isinstance(confident["_aws"]["Timestamp"], int)
+    assert ["EndpointName"] in directive["Dimensions"] and ["EndpointName", "Variant"] in directive["Dimensions"]
+    names = [m["Name"] for m in directive["Metrics"]]
+    assert names == [constants.METRIC_INFERENCES, constants.METRIC_LOW_CONFIDENCE, constants.METRIC_CONFIDENCE]
+    for record in (confident, low):  # every dimension and metric the directive names is a top-level member
+        assert all(key in record for dims in directive["Dimensions"] for key in dims)
+        assert all(isinstance(record[name], (int, float)) for name in names)
+    assert (confident["LowConfidence"], confident["Confidence"], confident["Variant"]) == (0, 0.97, "Primary")
+    assert (low["LowConfidence"], low["Confidence"], low["predicted_label"]) == (1, 0.70, constants.CLASS_NAMES[1])
+    assert low["EndpointName"] == "scones-endpoint" and low["threshold"] == constants.THRESHOLD
+
+
+def test_filter_writes_metrics_to_a_file_when_asked(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("METRICS_FILE", str(tmp_path / "metrics.jsonl"))
+    confidence_filter.lambda_handler({"body": {"inferences": [0.99, 0.01]}}, None)
+    assert capsys.readouterr().out == ""
+    assert _emf_lines((tmp_path / "metrics.jsonl").read_text())[0]["Inferences"] == 1
+
+
+def test_classify_passes_the_variant_that_answered(monkeypatch):
+    from botocore.response import StreamingBody
+    from botocore.stub import Stubber
+
+    runtime = boto3.client("sagemaker-runtime", region_name="us-east-1")
+    monkeypatch.setattr(classify, "_runtime", lambda *_: runtime)
+    monkeypatch.setenv("ENDPOINT_NAME", "scones-endpoint")
+    body = b"[0.2, 0.8]"
+    with Stubber(runtime) as stub:
+        stub.add_response("invoke_endpoint", {"Body": StreamingBody(io.BytesIO(body), len(body)),
+                                              "InvokedProductionVariant": "Challenger"})
+        out = classify.lambda_handler({"body": {"image_data": base64.b64encode(b"png").decode(), "s3_key": "x.png"}},
+                                      None)
+    assert out["body"]["inferences"] == [0.2, 0.8] and out["body"]["variant"] == "Challenger"
+
+
+def test_names_and_threshold_are_defined_once():
+    assert events.THRESHOLD_CONFIDENCE_NOT_MET.__name__ == constants.LOW_CONFIDENCE_ERROR
+    assert confidence_filter.DEFAULT_THRESHOLD == constants.THRESHOLD
+    assert abs(sum(constants.VARIANTS.values()) - 1) < 1e-9 and constants.DEFAULT_VARIANT not in constants.VARIANTS
+    # one exception class per failure, each with its own name
+    failures = [c for c in vars(events).values() if isinstance(c, type) and issubclass(c, Exception)
+                and c.__module__ == events.__name__]
+    assert len({c.__name__ for c in failures}) == len(failures) >= 8

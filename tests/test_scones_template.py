@@ -1,0 +1,134 @@
+"""template.yaml and workflow.asl.json where moto cannot see: it ignores DefinitionS3Location and
+DefinitionSubstitutions, deletion and replacement policies, bucket policies, versioning and alarms.
+cfn-lint (E3601 validates the ASL when the definition is inlined) and checkov read the files themselves."""
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from cfnlint.api import lint
+from cfnlint.decode.cfn_yaml import loads as load_cfn_yaml
+
+from scones_workflow.src import aws
+from scones_workflow.src.lambdas import constants
+
+TEMPLATE = aws.TEMPLATE_PATH
+CHECKOV = Path(__file__).resolve().parents[1] / ".venv" / "tools" / "bin" / "checkov"
+
+
+@pytest.fixture(scope="module")
+def template() -> dict:
+    return load_cfn_yaml(TEMPLATE.read_text())
+
+
+def _plain(node):
+    """cfn-lint's decoded nodes as plain dicts/lists/str (json round trip)."""
+    return json.loads(json.dumps(node))
+
+
+def _inlined(template: dict, definition: dict) -> str:
+    """The template with the ASL inlined as `Definition` (what CloudFormation builds from the S3 copy)."""
+    inlined = copy.deepcopy(_plain(template))
+    machine = inlined["Resources"]["StateMachine"]["Properties"]
+    del machine["DefinitionS3Location"]
+    del inlined["Parameters"]["DefinitionKey"]  # the S3 key has nothing to point at any more
+    machine["Definition"] = definition
+    return json.dumps(inlined, indent=1)
+
+
+def _lint(text: str) -> list:
+    return list(lint(text))  # the default rules, as `cfn-lint template.yaml` runs them
+
+
+def test_asl_substitution_names_equal_the_templates_definition_substitutions(template):
+    asl_names = set(re.findall(r"\$\{([^}]+)\}", aws.ASL_PATH.read_text()))
+    substitutions = set(template["Resources"]["StateMachine"]["Properties"]["DefinitionSubstitutions"])
+    assert asl_names == substitutions
+    from scones_workflow.src.workflow import FUNCTIONS  # the local backend substitutes the same names
+
+    assert set(FUNCTIONS) == substitutions
+
+
+def test_template_with_the_definition_inlined_passes_cfn_lint_including_asl_validation(template):
+    definition = json.loads(aws.ASL_PATH.read_text())
+    assert _lint(_inlined(template, definition)) == []
+    # ... and the check is live: E3601 rejects a definition that breaks the States Language schema.
+    broken = copy.deepcopy(definition)
+    del broken["States"]["ClassifyImage"]["Resource"]
+    assert [m.rule.id for m in _lint(_inlined(template, broken))] == ["E3601"]
+
+
+def test_template_as_deployed_passes_cfn_lint():
+    assert _lint(TEMPLATE.read_text()) == []
+
+
+def test_buckets_survive_stack_deletion_and_replacement_and_keep_versions(template):
+    for name in ("DataBucket", "CaptureBucket"):
+        bucket = template["Resources"][name]
+        assert bucket["DeletionPolicy"] == "Retain" and bucket["UpdateReplacePolicy"] == "Retain"
+        properties = bucket["Properties"]
+        assert properties["VersioningConfiguration"]["Status"] == "Enabled"
+        assert properties["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+        assert all(properties["PublicAccessBlockConfiguration"].values())
+
+
+def test_the_sagemaker_role_may_write_captures_to_the_capture_prefix(template):
+    parameters, resources = template["Parameters"], template["Resources"]
+    assert parameters["CapturePrefix"]["Default"] == aws.CAPTURE_PREFIX
+    statements = _plain(resources["CaptureBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"])
+    grant = next(s for s in statements if s["Effect"] == "Allow")
+    assert grant["Principal"] == {"AWS": {"Ref": "SageMakerRoleArn"}} and grant["Action"] == "s3:PutObject"
+    assert grant["Resource"] == {"Fn::Sub": "${CaptureBucket.Arn}/${CapturePrefix}/*"}
+    assert _plain(template["Outputs"]["CaptureS3Uri"]["Value"]) == {"Fn::Sub": "s3://${CaptureBucket}/${CapturePrefix}"}
+    # deploy passes the role and the prefix it writes the DataCaptureConfig with
+    source = Path(aws.__file__).read_text()
+    assert '"SageMakerRoleArn": role_arn' in source and '"CapturePrefix": CAPTURE_PREFIX' in source
+
+
+def test_defaults_and_metric_names_come_from_the_lambdas_constants(template):
+    assert template["Parameters"]["ThresholdConfidence"]["Default"] == str(constants.THRESHOLD)
+    alarm = _plain(template["Resources"]["LowConfidenceRateAlarm"]["Properties"])
+    stats = {m["Id"]: m["MetricStat"]["Metric"] for m in alarm["Metrics"] if "MetricStat" in m}
+    assert {m["Namespace"] for m in stats.values()} == {constants.METRIC_NAMESPACE}
+    assert stats["inferences"]["MetricName"] == constants.METRIC_INFERENCES
+    assert stats["low"]["MetricName"] == constants.METRIC_LOW_CONFIDENCE
+    for metric in stats.values():
+        assert metric["Dimensions"] == [{"Name": "EndpointName", "Value": {"Ref": "EndpointName"}}]
+    rate = next(m for m in alarm["Metrics"] if "Expression" in m)
+    assert rate["ReturnData"] and "low / inferences" in rate["Expression"]["Fn::Sub"]
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold" and alarm["TreatMissingData"] == "notBreaching"
+    filter_env = template["Resources"]["ConfidenceFilterFunction"]["Properties"]["Environment"]["Variables"]
+    assert _plain(filter_env["ENDPOINT_NAME"]) == {"Ref": "EndpointName"}  # the metric's dimension
+
+
+# ---------------------------------------------------------------------------- checkov (once per session)
+@pytest.fixture(scope="module")
+def checkov_report() -> dict:
+    if not CHECKOV.exists():
+        pytest.skip(f"checkov is not installed at {CHECKOV} (make venv installs it from requirements-tools.txt)")
+    done = subprocess.run([str(CHECKOV), "-f", str(TEMPLATE), "--framework", "cloudformation", "-o", "json",
+                           "--skip-download"], capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip(), done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    return report[0] if isinstance(report, list) else report
+
+
+def test_checkov_finds_no_unexplained_failure(checkov_report):
+    results = checkov_report["results"]
+    failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in results.get("failed_checks", [])]
+    assert failed == []
+    assert checkov_report["summary"]["parsing_errors"] == 0 and checkov_report["summary"]["passed"] >= 50
+
+
+def test_every_checkov_skip_has_a_reason(checkov_report):
+    skipped = checkov_report["results"].get("skipped_checks", [])
+    assert skipped, "the template's checkov:skip comments were not read"
+    for check in skipped:
+        reason = (check.get("check_result") or {}).get("suppress_comment", "")
+        assert len(reason) > 20, f"{check['check_id']} on {check['resource']} is skipped without a reason"
+    comments = re.findall(r"checkov:skip=(CKV2?_AWS_\d+):", TEMPLATE.read_text())
+    assert {c["check_id"] for c in skipped} == set(comments)  # no skip for a check that does not apply
