@@ -184,6 +184,74 @@ def test_cli_deploy_with_container_and_teardown_twice(aws_session, onnx_model, t
     assert "nothing to delete" in second and "deleted" not in second and second.count("kept bucket") == 2
 
 
+def _staged(root: Path):
+    """A staged dataset as data.stage returns it: PNGs under train/ and test/ and the two .lst files."""
+    import pandas as pd
+
+    from scones_workflow.src.data import SconesData
+    from tests.scones_fixtures import png_bytes
+
+    frames = {}
+    for split in ("train", "test"):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        rows = []
+        for i, label in enumerate((0, 1)):
+            file = f"{split}/{constants.CLASS_NAMES[label]}_{i}.png"
+            (root / file).write_bytes(png_bytes(value=40 * i))
+            rows.append({"index": i, "label": label, "file": file, "class_name": constants.CLASS_NAMES[label]})
+        frames[split] = pd.DataFrame(rows)
+        (root / f"{split}.lst").write_text("".join(f"{r['index']}\t{r['label']}\t{r['file']}\n" for r in rows))
+    return SconesData(root, frames["train"], frames["test"], "test fixture", True)
+
+
+def test_builtin_algorithm_deploy_trains_a_new_job_each_time_and_the_notebook_uses_it(aws_session, tmp_path):
+    sm, s3 = aws_session.client("sagemaker"), aws_session.client("s3")
+    staged = _staged(tmp_path / "staged")
+    config = aws.DeployConfig(role_arn=ROLE, bucket="my-bucket")
+    first = aws.deploy(aws_session, config, staged, log=lambda *_: None)
+    rows, capture = aws.deploy_and_run(staged, role_arn=ROLE, bucket="my-bucket", executions=0, session=aws_session)
+    jobs = [j["TrainingJobName"] for j in sm.list_training_jobs()["TrainingJobSummaries"]]
+    assert len(set(jobs)) == 2 and first.training_job in jobs
+    assert all(j.startswith("scones-endpoint-") for j in jobs)
+    job = sm.describe_training_job(TrainingJobName=first.training_job)
+    assert job["AlgorithmSpecification"]["TrainingImage"] == aws.image_classification_uri(REGION)
+    assert job["HyperParameters"]["num_training_samples"] == str(len(staged.train))
+    model = sm.describe_model(ModelName=first.models["AllTraffic"])["PrimaryContainer"]
+    assert model["Image"] == aws.image_classification_uri(REGION)
+    assert capture == first.capture_s3 and rows.empty
+    data_keys = {o["Key"] for o in s3.list_objects_v2(Bucket=first.outputs["DataBucketName"])["Contents"]}
+    assert "test.lst" in data_keys and "test/motorcycle_1.png" in data_keys  # where serializeImageData reads
+    assert len(UPDATES) == 1  # the notebook's run switched the same endpoint
+
+
+def test_a_failed_endpoint_is_replaced_and_a_busy_one_is_awaited_before_the_update():
+    """SageMaker cannot update an endpoint in Failed (delete, then create) nor one still Creating/Updating."""
+    sm = boto3.client("sagemaker", region_name=REGION)
+
+    def endpoint(status: str) -> dict:
+        return {"EndpointName": "scones-endpoint", "EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/x",
+                "EndpointConfigName": "old", "EndpointStatus": status, "CreationTime": dt.datetime(2026, 1, 1),
+                "LastModifiedTime": dt.datetime(2026, 1, 1)}
+
+    gone = ("ValidationException", "Could not find endpoint \"scones-endpoint\".")
+    with Stubber(sm) as stub:
+        stub.add_response("describe_endpoint", endpoint("Failed"), {"EndpointName": "scones-endpoint"})
+        stub.add_response("delete_endpoint", {}, {"EndpointName": "scones-endpoint"})
+        stub.add_client_error("describe_endpoint", *gone)  # the endpoint_deleted waiter
+        stub.add_response("create_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/x"},
+                          {"EndpointName": "scones-endpoint", "EndpointConfigName": "new"})
+        stub.add_response("describe_endpoint", endpoint("InService"), {"EndpointName": "scones-endpoint"})
+        assert aws.switch_endpoint(sm, name="scones-endpoint", config_name="new") == "recreated"
+
+        stub.add_response("describe_endpoint", endpoint("Updating"), {"EndpointName": "scones-endpoint"})
+        stub.add_response("describe_endpoint", endpoint("InService"), {"EndpointName": "scones-endpoint"})
+        stub.add_response("update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/x"},
+                          {"EndpointName": "scones-endpoint", "EndpointConfigName": "newer"})
+        stub.add_response("describe_endpoint", endpoint("InService"), {"EndpointName": "scones-endpoint"})
+        assert aws.switch_endpoint(sm, name="scones-endpoint", config_name="newer") == "updated"
+        stub.assert_no_pending_responses()
+
+
 # ---------------------------------------------------------------------------- stack create / update
 class _S3:
     def __init__(self):

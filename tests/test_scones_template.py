@@ -101,6 +101,10 @@ def test_defaults_and_metric_names_come_from_the_lambdas_constants(template):
     rate = next(m for m in alarm["Metrics"] if "Expression" in m)
     assert rate["ReturnData"] and "low / inferences" in rate["Expression"]["Fn::Sub"]
     assert alarm["ComparisonOperator"] == "GreaterThanThreshold" and alarm["TreatMissingData"] == "notBreaching"
+    assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+    # SNS: "CloudWatch alarms ... publish to encrypted topics" only under a customer managed key whose policy
+    # grants cloudwatch.amazonaws.com; under the AWS-managed alias/aws/sns the alarm would deploy and stay silent.
+    assert "KmsMasterKeyId" not in template["Resources"]["AlarmTopic"].get("Properties", {})
     filter_env = template["Resources"]["ConfidenceFilterFunction"]["Properties"]["Environment"]["Variables"]
     assert _plain(filter_env["ENDPOINT_NAME"]) == {"Ref": "EndpointName"}  # the metric's dimension
 
