@@ -1,14 +1,21 @@
-"""The local model on tiny generated data: training loop, activation cache, TorchScript export, predictor."""
+"""The local model on tiny generated data: training loop, activation cache, ONNX export, the torch-free predictor."""
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from common.images import ImageError
+from common.paths import REPO_ROOT
+from common.serving import ModelFileError, read_metadata
 from scones_workflow.src import data, model
+from scones_workflow.src.predictor import Predictor
 from tests.scones_fixtures import png_bytes
 
-TINY = model.TrainConfig(resolution=32, split_block=15, epochs=2, batch_size=16)
+TINY = model.TrainConfig(backbone="efficientnet_lite0", resolution=32, split_block=15, epochs=2, batch_size=16,
+                         trunk_engine="torch")
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +26,8 @@ def trained(tmp_path_factory):
     images, labels = data.load_arrays(staged, "train")
     cache = tmp_path_factory.mktemp("cache")
     result = model.train(images, labels, TINY, cache_dir=cache)
-    path = model.save(result.model, tmp_path_factory.mktemp("model") / "model.pt", TINY)
+    path = model.export(result.model, tmp_path_factory.mktemp("model") / "model.onnx", TINY,
+                        {"profile": "test", "dataset": "fixture"})
     return result, path, images, cache, labels
 
 
@@ -28,14 +36,16 @@ def test_training_keeps_the_best_epoch_and_logs_history(trained):
     assert set(result.history) == {"train_loss", "val_loss", "val_accuracy"}
     assert all(len(v) == TINY.epochs for v in result.history.values())
     assert 1 <= result.best_epoch <= TINY.epochs and result.val_accuracy == max(result.history["val_accuracy"])
-    assert len(list(cache.glob("trunk_*.pt"))) == 2 and not result.activations_cached  # fit (+ mirrors), validation
+    assert not result.activations_cached and len(list(cache.glob("trunk_*.pt"))) == 1
 
 
-def test_trunk_activations_come_from_the_cache_the_second_time(trained, tmp_path, monkeypatch):
+def test_activations_are_cached_per_image(trained, tmp_path, monkeypatch):
     result, _, images, _, _ = trained
-    first = model.trunk_activations(result.model, images[:4], tmp_path)
+    first = model.ActivationCache(TINY, tmp_path).get(result.model, images[:4])
+    cache = model.ActivationCache(TINY, tmp_path)  # a new process would read the file
     monkeypatch.setattr(result.model, "trunk", lambda x: pytest.fail("recomputed instead of read from the cache"))
-    assert model.trunk_activations(result.model, images[:4], tmp_path).equal(first)
+    assert cache.get(result.model, images[[3, 1]]).equal(first[[3, 1]])  # any subset, any order
+    assert cache.missing(images[:6]) == [4, 5]
 
 
 def test_validation_split_is_stratified():
@@ -45,41 +55,77 @@ def test_validation_split_is_stratified():
     assert (labels[val] == 0).sum() == 5 and (labels[val] == 1).sum() == 10
 
 
-def test_saved_model_serves_any_size_and_mode(trained):
+def test_exported_model_carries_its_metadata(trained):
     _, path, _, _, _ = trained
-    predictor = model.Predictor(path)
-    for image in (png_bytes(), png_bytes("RGBA", size=(64, 48)), png_bytes("L", fmt="JPEG"), png_bytes("P")):
+    meta = read_metadata(path)
+    for key in ("class_names", "input", "mean", "std", "model_name", "training_run", "resolution"):
+        assert key in meta
+    assert meta["class_names"] == ["bicycle", "motorcycle"] and meta["input"].startswith("uint8 N x 3 x H x W")
+    assert meta["training_run"]["profile"] == "test" and "date" in meta["training_run"]
+
+
+def test_served_model_takes_any_size_and_mode(trained):
+    _, path, _, _, _ = trained
+    predictor = Predictor(path)
+    for image in (png_bytes(), png_bytes("RGBA", size=(64, 48)), png_bytes("L", fmt="JPEG"), png_bytes("P"),
+                  png_bytes(size=(300, 517))):
         probabilities = predictor(image)
         assert len(probabilities) == 2 and abs(sum(probabilities) - 1) < 1e-5
     with pytest.raises(ImageError, match="request body: not an image"):
         predictor(b"plain text")
 
 
-def test_saved_model_matches_the_trained_one(trained):
+def test_onnx_file_matches_the_trained_model(trained):
     result, path, images, _, _ = trained
-    import torch
-
     expected = model.predict_proba(result.model, images[:5])
-    actual = model.predict_proba(torch.jit.load(str(path)), images[:5])
-    assert np.allclose(expected, actual, atol=1e-5)
+    assert np.allclose(Predictor(path).predict_arrays(images[:5]), expected, atol=1e-5)
 
 
-def test_predictor_names_a_missing_model(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model file .*missing.pt not found: train first"):
-        model.Predictor(tmp_path / "missing.pt")
+def test_test_time_flip_averages_the_mirror_image(trained):
+    result, _, images, _, _ = trained
+    flip = model.predict_proba(result.model, images[:3])
+    plain = model.without_tta(result.model)
+    both = (model.predict_proba(plain, images[:3]) + model.predict_proba(plain, model.mirrored(images[:3]))) / 2
+    assert result.model.tta and np.allclose(flip, both, atol=1e-6)
+
+
+def test_predictor_names_a_missing_or_wrong_model(tmp_path):
+    with pytest.raises(ModelFileError, match="missing.onnx: no such model file"):
+        Predictor(tmp_path / "missing.onnx")
+    (tmp_path / "old.pt").write_bytes(b"torchscript")
+    with pytest.raises(ModelFileError, match="old.pt: expected an ONNX model"):
+        Predictor(tmp_path / "old.pt")
+    (tmp_path / "broken.onnx").write_bytes(b"not onnx")
+    with pytest.raises(ModelFileError, match="broken.onnx: not a loadable ONNX model"):
+        Predictor(tmp_path / "broken.onnx")
+
+
+def test_serving_path_imports_no_torch():
+    code = ("import sys; import scones_workflow.src.server, scones_workflow.src.predictor, scones_workflow.src.cli; "
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_committed_model_is_the_default_and_small():
+    from scones_workflow.src import predictor
+
+    path = predictor.COMMITTED_MODEL
+    if not path.is_file():
+        pytest.skip(f"{path} is written by the run of record (full profile)")
+    assert path.stat().st_size <= 30 * 2**20
+    meta = read_metadata(path)
+    assert meta["class_names"] == ["bicycle", "motorcycle"] and meta["training_run"]["profile"] == "full"
 
 
 def test_serve_command_answers_and_flushes_captures_on_sigterm(trained, tmp_path):
-    """`python -m scones_workflow serve`, as the container runs it: SIGTERM must not lose captures."""
+    """`python -m scones_workflow serve --model FILE.onnx`, as the container runs it: SIGTERM loses no capture."""
     import signal
     import socket
-    import subprocess
-    import sys
     import time
 
     import requests
 
-    from common.paths import REPO_ROOT
     from scones_workflow.src import monitor
 
     _, path, _, _, _ = trained
@@ -111,3 +157,9 @@ def test_serve_command_answers_and_flushes_captures_on_sigterm(trained, tmp_path
 def test_a_second_training_run_reads_the_cached_activations(trained):
     _, _, images, cache, labels = trained
     assert model.train(images, labels, TINY, cache_dir=cache).activations_cached
+
+
+def test_cross_validation_scores_every_image_once(trained, tmp_path):
+    _, _, images, cache, labels = trained
+    scores = model.cross_validate(images, labels, TINY, folds=2, cache_dir=cache)
+    assert scores["images"] == 40 and 0 <= scores["accuracy"] <= 1 and 0 <= scores["accuracy_with_flip"] <= 1

@@ -35,11 +35,16 @@ def test_notebook_runs_end_to_end_in_the_tiny_profile_on_the_stand_in(tmp_path):
     assert metrics["profile"] == "tiny" and metrics["data"]["stand_in"] is True
     summary = metrics["summary"]
     assert summary["executions (test images)"] == 20 and summary["capture records"] >= summary["executions succeeded"]
-    assert metrics["load"]["checks_passed"] is True
+    assert metrics["load"]["checks_passed"] is True and "endpoint model" in metrics["load"]["breakdown_ms"]
     bad = {row[0]: row[2] for row in next(t for t in metrics["tables"] if t["title"] == "Bad inputs")["rows"]}
     assert bad == {"bad/missing.png": "ImageNotFound", "bad/empty.png": "EmptyImage",
                    "bad/not_an_image.png": "NotAnImage", "bad/truncated.png": "InvalidImage"}
-    assert len(metrics["figures"]) == 6
+    variants = next(t for t in metrics["tables"] if t["title"].startswith("Production variants"))
+    assert {row[0] for row in variants["rows"]} <= {"Primary", "Challenger"} and summary["variant verdict"]
+    assert metrics["alarm"]["exit_code"] == (1 if metrics["alarm"]["in_alarm"] else 0)
+    assert metrics["retraining"]["candidate_accuracy"] is not None and "promoted" in metrics["retraining"]
+    assert {r["runtime"] for r in metrics["benchmark"]} >= {"TorchScript", "ONNX Runtime"}
+    assert len(metrics["figures"]) == 7
     for figure in metrics["figures"]:
         assert (folder / figure["path"]).stat().st_size > 1000
 
@@ -47,8 +52,8 @@ def test_notebook_runs_end_to_end_in_the_tiny_profile_on_the_stand_in(tmp_path):
 def test_cli_help_explains_every_subcommand():
     result = subprocess.run([sys.executable, "-m", "scones_workflow", "--help"], capture_output=True, text=True,
                             cwd=REPO_ROOT, check=True)
-    for command in ("stage", "train", "serve", "run", "monitor", "load", "deploy", "teardown"):
+    for command in ("stage", "train", "serve", "run", "monitor", "retrain", "load", "deploy", "teardown"):
         assert command in result.stdout
-    load_help = subprocess.run([sys.executable, "-m", "scones_workflow.src.load", "--help"], capture_output=True,
+    load_help = subprocess.run([sys.executable, "-m", "scones_workflow.src.loadtest", "--help"], capture_output=True,
                                text=True, cwd=REPO_ROOT, check=True)
     assert "--concurrency" in load_help.stdout and "capture" in load_help.stdout

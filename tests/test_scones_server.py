@@ -205,3 +205,71 @@ def test_unknown_paths_and_oversized_payloads_are_refused(served, monkeypatch):
     assert response.status_code == 413 and "exceeds the 100-byte limit" in response.json()["error"]
     assert session.get(f"{server.url}/ping", timeout=5).status_code == 200
     assert session.get(f"{server.url}/metrics", timeout=5).status_code == 404
+
+
+# ----------------------------------------------------------------------------- production variants
+
+def _constant(p_bicycle):
+    def predict(data):
+        fake_predict(data)  # decodes (and refuses bad images) like the real predictor
+        return [p_bicycle, 1 - p_bicycle]
+    return predict
+
+
+@pytest.fixture()
+def two_variants(tmp_path):
+    from scones_workflow.src.server import Variant
+
+    writer = CaptureWriter(str(tmp_path / "captures"), "scones-endpoint", flush_seconds=60)
+    variants = {"Primary": Variant(_constant(0.99), 0.9), "Challenger": Variant(_constant(0.6), 0.1)}
+    with InferenceServer(variants=variants, port=0, capture=writer, seed=1) as server:
+        yield server, tmp_path / "captures"
+
+
+def test_requests_are_routed_by_weight_and_name_their_variant(two_variants):
+    server, _ = two_variants
+    client = runtime_client(server.url)
+    invoked = [client.invoke_endpoint(EndpointName="scones-endpoint", ContentType="image/png",
+                                      Body=png_bytes())["InvokedProductionVariant"] for _ in range(300)]
+    share = invoked.count("Challenger") / len(invoked)
+    assert set(invoked) == {"Primary", "Challenger"} and 0.05 < share < 0.17  # 10 % +- 3.5 standard errors
+    assert server.invocations_by_variant == {"Primary": invoked.count("Primary"), "Challenger": invoked.count("Challenger")}
+
+
+def test_target_variant_is_honoured_and_an_unknown_one_is_refused(two_variants):
+    server, _ = two_variants
+    client = runtime_client(server.url)
+    for _ in range(5):
+        response = client.invoke_endpoint(EndpointName="scones-endpoint", ContentType="image/png", Body=png_bytes(),
+                                          TargetVariant="Challenger")
+        assert response["InvokedProductionVariant"] == "Challenger"
+        assert json.loads(response["Body"].read())[0] == pytest.approx(0.6)
+    with pytest.raises(client.exceptions.ClientError, match="ValidationError.*'Nope' does not exist"):
+        client.invoke_endpoint(EndpointName="scones-endpoint", ContentType="image/png", Body=png_bytes(),
+                               TargetVariant="Nope")
+    direct = requests.post(f"{server.url}/invocations", data=png_bytes(), timeout=5,
+                           headers={"Content-Type": "image/png", "X-Amzn-SageMaker-Target-Variant": "Primary"})
+    assert direct.status_code == 200 and direct.headers["X-Amzn-Invoked-Production-Variant"] == "Primary"
+
+
+def test_each_variant_captures_under_its_own_path(two_variants):
+    server, folder = two_variants
+    client = runtime_client(server.url)
+    for variant in ("Primary", "Challenger", "Challenger"):
+        client.invoke_endpoint(EndpointName="scones-endpoint", ContentType="image/png", Body=png_bytes(),
+                               TargetVariant=variant)
+    server.capture.flush()
+    prefixes = sorted({f.relative_to(folder).parts[:2] for f in folder.rglob("*.jsonl")})
+    assert prefixes == [("scones-endpoint", "Challenger"), ("scones-endpoint", "Primary")]
+    frame = monitor.read_captures(folder)
+    assert frame["variant"].value_counts().to_dict() == {"Challenger": 2, "Primary": 1}
+    assert set(frame["endpoint"]) == {"scones-endpoint"}
+
+
+def test_variant_weights_are_checked():
+    from scones_workflow.src.server import Variant
+
+    with pytest.raises(ValueError, match="weights must be >= 0"):
+        InferenceServer(variants={"A": Variant(fake_predict, 0.0)}, port=0)
+    with pytest.raises(ValueError, match="either `predict`"):
+        InferenceServer(fake_predict, variants={"A": Variant(fake_predict)}, port=0)

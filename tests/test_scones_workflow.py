@@ -9,7 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from scones_workflow.src import load
+from scones_workflow.src import loadtest
+from scones_workflow.src.lambdas.constants import THRESHOLD
 from scones_workflow.src.server import InferenceServer
 from scones_workflow.src.workflow import ASL_PATH, LocalWorkflow, render_definition
 from tests.scones_fixtures import fake_predict, png_bytes
@@ -35,6 +36,18 @@ def test_low_confidence_fails_with_the_seeds_error_name(stack):
     result = stack.run("test/bright.png")
     assert result.status == "FAILED" and result.error == "THRESHOLD_CONFIDENCE_NOT_MET"
     assert "below 0.94" in json.loads(result.cause)["errorMessage"]
+
+
+def test_the_filter_emits_one_low_confidence_metric_per_inference(stack):
+    """The embedded-metric-format records the alarm in template.yaml counts (in AWS: the filter's log)."""
+    before = len(stack.metrics())
+    stack.run("test/dark.png")
+    stack.run("test/bright.png")
+    stack.run("test/missing.png")  # fails before classification: no inference, no metric
+    records = stack.metrics()[before:]
+    assert [(r["LowConfidence"], r["Inferences"], r["s3_key"]) for r in records] == [
+        (0, 1, "test/dark.png"), (1, 1, "test/bright.png")]
+    assert all(r["EndpointName"] == "scones-endpoint" and r["threshold"] == THRESHOLD for r in records)
 
 
 @pytest.mark.parametrize("key,body,error,fragment", [
@@ -130,10 +143,14 @@ def test_template_passes_cfn_lint():
 
 def test_load_run_ends_every_execution_and_captures_every_invocation(tmp_path):
     images = {f"test/img_{i}.png": png_bytes(value=i * 20) for i in range(6)}
-    summary = load.run_load(fake_predict, images, executions=24, concurrency=4, endpoint_requests=16,
+    summary = loadtest.run_load(fake_predict, images, executions=24, concurrency=4, endpoint_requests=16,
                             capture_dir=tmp_path)
     assert summary["all_terminal"] and summary["captures_match"] and summary["checks_passed"]
     # every execution that reached the endpoint, plus the direct endpoint calls, left exactly one record
     assert summary["succeeded"] + summary["failed"] == 24
     assert summary["capture_records"] == summary["endpoint_invocations"] == 24 + 16
     assert summary["p99_ms"] >= summary["p50_ms"] > 0
+    breakdown = summary["breakdown_ms"]
+    assert set(breakdown) == {"lambda serializeImageData", "lambda classifyImage", "lambda confidenceFilter",
+                              "endpoint model", "engine (moto Step Functions) and the rest"}
+    assert all(v >= 0 for v in breakdown.values()) and breakdown["endpoint model"] > 0

@@ -11,6 +11,9 @@ inference, UTC), to a local folder or an `s3://` prefix through `common.s3io`:
      "eventMetadata": {"eventId": "<uuid>", "inferenceTime": "2026-01-02T03:04:05Z"},
      "eventVersion": "0"}
 
+With several production variants, each variant's records go under its own name, as SageMaker
+writes them (`record(..., variant="Challenger")`).
+
 Records are buffered and written in batches (one object per batch, as S3 has no append); a lock
 guards the buffer so concurrent requests neither lose nor duplicate a record, a background thread
 flushes every `flush_seconds`, and `close()` flushes the rest.
@@ -64,7 +67,7 @@ class CaptureWriter:
                  flush_seconds: float = 5.0, endpoint_url: str | None = None) -> None:
         self.destination, self.endpoint, self.variant = str(destination), endpoint, variant
         self.max_records, self.endpoint_url = max_records, endpoint_url
-        self._buffer: list[tuple[datetime, dict]] = []
+        self._buffer: list[tuple[datetime, str, dict]] = []
         self._lock = threading.Lock()        # guards _buffer
         self._write_lock = threading.Lock()  # one flush at a time, so files appear in order
         self.records_written = 0
@@ -74,12 +77,13 @@ class CaptureWriter:
                                         name="capture-flush")
         self._thread.start()
 
-    def record(self, input_data: bytes, input_type: str, output_json: str, inference_id: str | None = None) -> str:
-        """Buffer one inference; returns its event id."""
+    def record(self, input_data: bytes, input_type: str, output_json: str, inference_id: str | None = None,
+               variant: str | None = None) -> str:
+        """Buffer one inference of `variant` (default: the writer's); returns its event id."""
         when = datetime.now(timezone.utc)
         record = capture_record(input_data, input_type, output_json, inference_id=inference_id, when=when)
         with self._lock:
-            self._buffer.append((when, record))
+            self._buffer.append((when, variant or self.variant, record))
             full = len(self._buffer) >= self.max_records
         if full:
             self.flush()
@@ -92,14 +96,14 @@ class CaptureWriter:
                 batch, self._buffer = self._buffer, []
             if not batch:
                 return 0
-            by_hour: dict[datetime, list[tuple[datetime, dict]]] = defaultdict(list)
-            for when, record in batch:
-                by_hour[when.replace(minute=0, second=0, microsecond=0)].append((when, record))
+            by_hour: dict[tuple[str, datetime], list[tuple[datetime, str, dict]]] = defaultdict(list)
+            for when, variant, record in batch:
+                by_hour[variant, when.replace(minute=0, second=0, microsecond=0)].append((when, variant, record))
             written = 0
-            for items in by_hour.values():
-                key = capture_key(self.destination, self.endpoint, self.variant, items[0][0])
+            for (variant, _), items in by_hour.items():
+                key = capture_key(self.destination, self.endpoint, variant, items[0][0])
                 try:
-                    s3io.write_jsonl(key, [record for _, record in items], endpoint_url=self.endpoint_url)
+                    s3io.write_jsonl(key, [record for _, _, record in items], endpoint_url=self.endpoint_url)
                 except Exception:
                     log.exception("could not write %d capture record(s) to %s; kept for the next flush",
                                   len(items), key)

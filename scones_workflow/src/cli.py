@@ -1,13 +1,15 @@
-"""python -m scones_workflow {stage,train,serve,run,monitor,load,deploy,teardown}
+"""python -m scones_workflow {stage,train,serve,run,monitor,retrain,load,deploy,teardown}
 
 The local workflow, step by step (each step also runs inside the notebook):
 
     python -m scones_workflow stage                      # DATA_DIR/scones, CIFAR-100, or the stand-in
-    python -m scones_workflow train --profile full       # fine-tune Lite0, save artifacts/full/model.pt
-    python -m scones_workflow serve --port 8080          # the SageMaker-contract server, with capture
+    python -m scones_workflow train --profile full       # fine-tune Lite2, export artifacts/full/model.onnx
+    python -m scones_workflow serve --port 8080          # the committed ONNX model, SageMaker container contract
     python -m scones_workflow run -n 20                  # executions of the state machine (moto)
-    python -m scones_workflow monitor artifacts/captures # read captures, write plots
-    python -m scones_workflow load                       # 200 executions, 8 clients
+    python -m scones_workflow monitor CAPTURES           # plots, drift, variant comparison
+    python -m scones_workflow monitor CAPTURES --check   # low-confidence alarm: exit 1 above the limit
+    python -m scones_workflow retrain --captures CAPTURES  # pseudo-labels + labelling queue, promotion gate
+    python -m scones_workflow load                       # 200 executions, 8 clients, endpoint throughput
 
 and on AWS (credentials from the usual boto3 chain; costs money):
 
@@ -30,13 +32,18 @@ from common import paths
 
 from .lambdas.constants import THRESHOLD
 
+# The low-confidence alarm's limit: more than 10 % of an hour's inferences below THRESHOLD.
+LOW_CONFIDENCE_MAX_RATE = 0.10
+
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 ARTIFACTS = PROJECT_DIR / "artifacts"
 
 
-def default_model(profile: str = "full") -> Path:
-    """$SCONES_MODEL (set in the container), else the model `train` writes for `profile`."""
-    return Path(os.environ.get("SCONES_MODEL") or ARTIFACTS / profile / "model.pt")
+def default_model() -> Path:
+    """$SCONES_MODEL, else /opt/ml/model/model.onnx in the container, else the committed run-of-record model."""
+    from .predictor import default_model as resolve
+
+    return resolve()
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
@@ -52,6 +59,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from common.serving import save_torchscript
+
     from . import data, model
 
     staged = data.stage(paths.data_dir(args.data_dir))
@@ -60,23 +69,49 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = model.train(images, labels, config, cache_dir=ARTIFACTS / "cache")
     test_images, test_labels = data.load_arrays(staged, "test")
     accuracy = float((model.predict_proba(result.model, test_images).argmax(1) == test_labels).mean())
-    out = model.save(result.model, Path(args.model or ARTIFACTS / args.profile / "model.pt"), config)
+    out = Path(args.model or ARTIFACTS / args.profile / "model.onnx")
+    model.export(result.model, out, config, {"profile": args.profile, "dataset": staged.source,
+                                             "val_accuracy": round(result.val_accuracy, 4),
+                                             "test_accuracy": round(accuracy, 4)})
+    save_torchscript(result.model, out.with_suffix(".ts"), model.to_tensor(test_images[:2]))
     print(f"best epoch {result.best_epoch}: validation accuracy {result.val_accuracy:.4f}; "
-          f"test accuracy {accuracy:.4f}; saved {out}")
+          f"test accuracy {accuracy:.4f}; saved {out} (and {out.with_suffix('.ts').name}, TorchScript)")
     return 0
+
+
+def parse_variants(specs: list[str]) -> dict[str, tuple[Path, float]]:
+    """`NAME=FILE.onnx:WEIGHT` -> {NAME: (FILE, WEIGHT)}; errors name the bad spec."""
+    variants = {}
+    for spec in specs:
+        name, sep, rest = spec.partition("=")
+        path, _, weight = rest.rpartition(":")
+        try:
+            value = float(weight)
+        except ValueError:
+            value = -1.0
+        if not sep or not name or not path or value < 0:
+            raise SystemExit(f"--variant {spec!r}: expected NAME=FILE.onnx:WEIGHT, e.g. Primary=model.onnx:0.9")
+        variants[name] = (Path(path), value)
+    return variants
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .capture import CaptureWriter
-    from .model import Predictor
-    from .server import InferenceServer, port_from_env
+    from .predictor import Predictor
+    from .server import InferenceServer, Variant, port_from_env
 
     capture = CaptureWriter(args.capture, args.endpoint_name, endpoint_url=args.endpoint_url) if args.capture else None
-    server = InferenceServer(Predictor(args.model or default_model()), host=args.host,
-                             port=args.port or port_from_env(), capture=capture)
+    if args.variant:
+        variants = {name: Variant(Predictor(path), weight) for name, (path, weight) in parse_variants(args.variant).items()}
+        server = InferenceServer(variants=variants, host=args.host, port=args.port or port_from_env(), capture=capture)
+        served = ", ".join(f"{n} ({v.weight:g})" for n, v in variants.items())
+    else:
+        predictor = Predictor(args.model or default_model())
+        server = InferenceServer(predictor, host=args.host, port=args.port or port_from_env(), capture=capture)
+        served = f"{predictor.path} ({predictor.metadata.get('model_name', 'model')})"
     # SIGTERM (docker stop, SageMaker) must flush the captures like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
-    print(f"serving on {server.url} (captures: {args.capture or 'off'})", flush=True)
+    print(f"serving {served} on {server.url} (captures: {args.capture or 'off'})", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -90,12 +125,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .capture import CaptureWriter
-    from .load import test_images
-    from .model import Predictor
+    from .loadtest import load_test_images
+    from .predictor import Predictor
     from .server import InferenceServer
     from .workflow import LocalWorkflow
 
-    images = test_images(paths.data_dir(args.data_dir), args.n)
+    images = load_test_images(paths.data_dir(args.data_dir), args.n)
     capture = CaptureWriter(args.capture, "scones-endpoint") if args.capture else None
     with InferenceServer(Predictor(args.model or default_model()), port=0, capture=capture) as server, \
             LocalWorkflow(server.url, threshold=args.threshold) as workflow:
@@ -111,6 +146,14 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     from . import monitor
 
     captures = monitor.read_captures(args.location, endpoint_url=args.endpoint_url)
+    if args.check:
+        check = monitor.check_low_confidence(captures, threshold=args.threshold, max_rate=args.max_rate,
+                                             window_minutes=args.window_minutes)
+        if check.inferences == 0:
+            print(f"NO DATA: no capture records under {args.location} in the window", file=sys.stderr)
+            return 2
+        print(check.message(), file=sys.stderr if check.in_alarm else sys.stdout)
+        return 1 if check.in_alarm else 0
     if captures.empty:
         print(f"no capture records under {args.location}", file=sys.stderr)
         return 1
@@ -123,17 +166,40 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     print(f"{len(captures)} inferences; {int((captures['confidence'] < args.threshold).sum())} below {args.threshold}")
     print(drift.to_string(index=False))
     print(f"class-share drift p-value {p_value:.4f}; figures in {out}")
+    if captures["variant"].nunique() > 1:
+        table, verdict = monitor.compare_variants(captures, args.threshold)
+        print(table.to_string(index=False))
+        print(verdict)
     return 0
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from . import load
+    from . import loadtest
 
     forwarded = ["--model", str(args.model or default_model()), "--executions", str(args.executions),
                  "--concurrency", str(args.concurrency)]
     if args.data_dir:
         forwarded += ["--data-dir", args.data_dir]
-    return load.main(forwarded)
+    return loadtest.main(forwarded)
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from . import data, model, retrain
+
+    staged = data.stage(paths.data_dir(args.data_dir))
+    train_images, train_labels = data.load_arrays(staged, "train")
+    test_images, test_labels = data.load_arrays(staged, "test")
+    result = retrain.retrain(args.captures, train_images=train_images, train_labels=train_labels,
+                             test_images=test_images, test_labels=test_labels,
+                             production_model=Path(args.model or default_model()), config=model.PROFILES[args.profile],
+                             queue_path=Path(args.queue), out_dir=Path(args.out), threshold=args.threshold,
+                             cache_dir=ARTIFACTS / "cache", endpoint_url=args.endpoint_url,
+                             training_run={"profile": args.profile, "dataset": staged.source})
+    print(result.summary())
+    if result.queued:
+        print(f"{result.queued} image(s) wait for a label in {result.queue_path}: fill the 'label' column with "
+              f"{' or '.join(data.CLASSES)} and run retrain again to use them")
+    return 0
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -153,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data_dir = {"default": None, "help": "datasets folder (default: $DATA_DIR, else ./data)"}
-    model_help = "TorchScript model from `train` (default: $SCONES_MODEL, else scones_workflow/artifacts/full/model.pt)"
+    model_help = ("ONNX model (default: $SCONES_MODEL, else /opt/ml/model/model.onnx in the container, else the "
+                  "committed scones_workflow/models/scones_classifier.onnx)")
 
     p = sub.add_parser("stage", help="stage the images (+ .lst files) and optionally upload them to S3")
     p.add_argument("--data-dir", **data_dir)
@@ -161,14 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint-url", help="S3 endpoint (MinIO, moto server)")
     p.set_defaults(func=cmd_stage)
 
-    p = sub.add_parser("train", help="fine-tune EfficientNet-Lite0 on the CPU and save the served model")
+    p = sub.add_parser("train", help="fine-tune EfficientNet-Lite2 on the CPU, export the served ONNX model")
     p.add_argument("--data-dir", **data_dir)
     p.add_argument("--profile", choices=["tiny", "quick", "full"], default="full", help="training budget")
-    p.add_argument("--model", help="where to save (default: scones_workflow/artifacts/<profile>/model.pt)")
+    p.add_argument("--model", help="where to save (default: scones_workflow/artifacts/<profile>/model.onnx; a "
+                                   "TorchScript copy .ts goes next to it)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("serve", help="run the SageMaker-contract inference server (GET /ping, POST /invocations)")
-    p.add_argument("--model", help=model_help)
+    p.add_argument("--model", metavar="FILE.onnx", help=model_help)
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=FILE.onnx:WEIGHT",
+                   help="a production variant (repeat: e.g. Primary=a.onnx:0.9 Challenger=b.onnx:0.1); requests "
+                        "are routed by weight unless they name one (TargetVariant); replaces --model")
     p.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0, as in a container)")
     p.add_argument("--port", type=int, default=None, help="default: $SAGEMAKER_BIND_TO_PORT, $PORT, else 8080")
     p.add_argument("--capture", help="capture destination, a folder or s3://bucket/prefix (default: no capture)")
@@ -177,23 +248,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("run", help="run state-machine executions locally (moto) on test images, print the results")
-    p.add_argument("--model", help=model_help)
+    p.add_argument("--model", metavar="FILE.onnx", help=model_help)
     p.add_argument("--data-dir", **data_dir)
     p.add_argument("-n", type=int, default=20, help="how many test images (default 20)")
     p.add_argument("--concurrency", type=int, default=1, help="concurrent executions (default 1)")
-    p.add_argument("--threshold", type=float, default=0.94, help="confidence filter threshold (default 0.94)")
+    p.add_argument("--threshold", type=float, default=THRESHOLD, help=f"confidence filter threshold (default {THRESHOLD})")
     p.add_argument("--capture", help="capture destination folder (default: no capture)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("monitor", help="read capture files (folder or s3:// prefix), plot confidence, check drift")
+    p = sub.add_parser("monitor", help="read capture files (folder or s3:// prefix): plots, drift, variants; "
+                                       "--check: the low-confidence alarm (exit 1 in alarm)")
     p.add_argument("location", help="capture folder or s3:// prefix (read recursively)")
-    p.add_argument("--threshold", type=float, default=0.94, help="threshold line in the plots (default 0.94)")
+    p.add_argument("--threshold", type=float, default=THRESHOLD, help=f"confidence threshold (default {THRESHOLD})")
     p.add_argument("--out", default="monitor_figures", help="folder for the figures (default ./monitor_figures)")
     p.add_argument("--endpoint-url", help="S3 endpoint (MinIO, moto server)")
+    p.add_argument("--check", action="store_true",
+                   help="alarm check only: exit 1 (and name the window and rate) when the share of inferences "
+                        "below --threshold in the last --window-minutes of captures exceeds --max-rate; "
+                        "exit 2 when the window holds no captures")
+    p.add_argument("--max-rate", type=float, default=LOW_CONFIDENCE_MAX_RATE,
+                   help=f"alarm above this low-confidence rate (default {LOW_CONFIDENCE_MAX_RATE})")
+    p.add_argument("--window-minutes", type=float, default=60,
+                   help="window ending at the latest capture (default 60, as the CloudWatch alarm's hour)")
     p.set_defaults(func=cmd_monitor)
 
-    p = sub.add_parser("load", help="load test: 200 executions from 8 clients, latency and capture checks")
-    p.add_argument("--model", help=model_help)
+    p = sub.add_parser("retrain", help="retrain from captures: pseudo-labels, a labelling queue CSV, promote "
+                                       "only if at least as accurate on the test set")
+    p.add_argument("--captures", required=True, metavar="LOCATION", help="capture folder or s3:// prefix")
+    p.add_argument("--queue", default=str(ARTIFACTS / "labelling" / "queue.csv"),
+                   help="labelling queue CSV: low-confidence images are added, filled-in labels are used "
+                        "(default scones_workflow/artifacts/labelling/queue.csv)")
+    p.add_argument("--model", metavar="FILE.onnx",
+                   help="the production model to beat and to replace when promoted (default as for serve)")
+    p.add_argument("--data-dir", **data_dir)
+    p.add_argument("--profile", choices=["tiny", "quick", "full"], default="full", help="training budget")
+    p.add_argument("--threshold", type=float, default=THRESHOLD,
+                   help=f"confidence for a pseudo-label (default {THRESHOLD}, the filter's)")
+    p.add_argument("--out", default=str(ARTIFACTS / "retrain"), help="where the candidate model goes")
+    p.add_argument("--endpoint-url", help="S3 endpoint (MinIO, moto server)")
+    p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("load", help="load test: executions from concurrent clients, nothing lost, breakdown, "
+                                    "endpoint throughput")
+    p.add_argument("--model", metavar="FILE.onnx", help=model_help)
     p.add_argument("--data-dir", **data_dir)
     p.add_argument("--executions", type=int, default=200)
     p.add_argument("--concurrency", type=int, default=8)

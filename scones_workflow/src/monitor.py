@@ -1,19 +1,23 @@
-"""Monitoring from data capture: read SageMaker capture files, plot confidence, check accuracy and drift.
+"""Monitoring from data capture: read SageMaker capture files, plot confidence, check accuracy and drift,
+compare production variants, and raise the low-confidence alarm.
 
 `read_captures` reads what any SageMaker endpoint writes (this project's server or a real one):
-JSON Lines under a local folder or an `s3://` prefix, outputs encoded as JSON, CSV or BASE64.
+JSON Lines under a local folder or an `s3://` prefix, outputs encoded as JSON, CSV or BASE64. The
+endpoint and variant of each record come from its path, `<endpoint>/<variant>/yyyy/mm/dd/hh/<file>`.
 """
 from __future__ import annotations
 
 import base64
 import json
 import os
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from scipy.stats import chi2_contingency
+from scipy.stats import chi2_contingency, fisher_exact
 
 from common import plotting, s3io
 from common.images import load_image
@@ -21,7 +25,14 @@ from common.images import load_image
 from .data import CLASSES
 
 COLUMNS = ["inference_time", "event_id", "inference_id", "content_type", "probabilities", "predicted_label",
-           "confidence", "input_data", "capture_file"]
+           "confidence", "input_data", "capture_file", "endpoint", "variant"]
+# <endpoint>/<variant>/yyyy/mm/dd/hh/<file>.jsonl, SageMaker's capture layout
+CAPTURE_PATH = re.compile(r"(?:^|/)([^/]+)/([^/]+)/\d{4}/\d{2}/\d{2}/\d{2}/[^/]+\.jsonl$")
+
+
+def endpoint_and_variant(capture_file: str) -> tuple[str | None, str | None]:
+    match = CAPTURE_PATH.search(str(capture_file).replace("\\", "/"))
+    return (match.group(1), match.group(2)) if match else (None, None)
 
 
 def _decode(section: Mapping, field: str, where: str) -> str:
@@ -62,6 +73,7 @@ def parse_record(record: Mapping, where: str, capture_file: str = "") -> dict:
     probabilities = parse_probabilities(_decode(output, "endpointOutput", where), where)
     best = int(np.argmax(probabilities))
     endpoint_input = capture.get("endpointInput", {})
+    endpoint, variant = endpoint_and_variant(capture_file)
     return {
         "inference_time": _utc(pd.Timestamp(when)),
         "event_id": event_id,
@@ -73,6 +85,8 @@ def parse_record(record: Mapping, where: str, capture_file: str = "") -> dict:
         # BASE64 is how SageMaker stores binary inputs such as images
         "input_data": endpoint_input.get("data") if endpoint_input.get("encoding") == "BASE64" else None,
         "capture_file": capture_file,
+        "endpoint": endpoint,
+        "variant": variant,
     }
 
 
@@ -139,3 +153,92 @@ def thumbnails(captures: pd.DataFrame, *, limit: int = 10, title: str = "", save
     labels = [f"{p} {c:.2f}" + (f"\n(true {t})" if isinstance(t, str) else "")
               for p, c, t in zip(shown["predicted_label"], shown["confidence"], truth)]
     return plotting.image_grid(images, labels, ncols=5, title=title, save_to=save_to)
+
+
+# ----------------------------------------------------------------------------- variants
+
+def compare_variants(captures: pd.DataFrame, threshold: float) -> tuple[pd.DataFrame, str]:
+    """One row per production variant: traffic, accuracy where labels are known, confidence, low-confidence
+    rate and class share; and a sentence saying which variant wins and how sure that is.
+
+    The winner has the higher accuracy on labelled captures (Fisher's exact test says whether the
+    difference could be chance); without labels, the lower low-confidence rate."""
+    if captures.empty:
+        raise ValueError("no captures to compare")
+    frame = captures.assign(variant=captures["variant"].fillna("(unknown)"))
+    rows = []
+    for name, group in frame.groupby("variant", sort=True):
+        known = group.dropna(subset=["true_label"]) if "true_label" in group else group.iloc[:0]
+        correct = int((known["true_label"] == known["predicted_label"]).sum()) if len(known) else 0
+        row = {"variant": name, "inferences": len(group), "traffic share": round(len(group) / len(frame), 4),
+               "labelled": len(known), "accuracy": round(correct / len(known), 4) if len(known) else None,
+               "correct": correct,
+               "mean confidence": round(float(group["confidence"].mean()), 4),
+               "low-confidence rate": round(float((group["confidence"] < threshold).mean()), 4)}
+        for cls in CLASSES:
+            row[f"{cls} share"] = round(float((group["predicted_label"] == cls).mean()), 4)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if len(table) < 2:
+        return table, f"only one variant ({table['variant'].iloc[0]}) in the captures: nothing to compare"
+    with_labels = table[table["labelled"] > 0]
+    if len(with_labels) >= 2:
+        ranked = with_labels.sort_values(["accuracy", "low-confidence rate"], ascending=[False, True])
+        best, second = ranked.iloc[0], ranked.iloc[1]
+        p_value = float(fisher_exact([[best["correct"], best["labelled"] - best["correct"]],
+                                      [second["correct"], second["labelled"] - second["correct"]]])[1])
+        if best["accuracy"] == second["accuracy"]:
+            verdict = (f"tie on accuracy ({best['accuracy']:.2%}); {best['variant']} wins on the low-confidence rate "
+                       f"({best['low-confidence rate']:.1%} vs {second['low-confidence rate']:.1%})")
+        else:
+            verdict = (f"{best['variant']} wins: accuracy {best['accuracy']:.2%} on {best['labelled']} labelled vs "
+                       f"{second['accuracy']:.2%} on {second['labelled']} for {second['variant']}")
+        significance = "significant" if p_value < 0.05 else "not significant: collect more labelled traffic"
+        return table, f"{verdict} (Fisher's exact test p = {p_value:.3f}, {significance})"
+    ranked = table.sort_values(["low-confidence rate", "mean confidence"], ascending=[True, False])
+    best, second = ranked.iloc[0], ranked.iloc[1]
+    return table, (f"no labels: {best['variant']} wins on confidence (low-confidence rate "
+                   f"{best['low-confidence rate']:.1%} vs {second['low-confidence rate']:.1%} for {second['variant']})")
+
+
+# ----------------------------------------------------------------------------- alarm
+
+@dataclass
+class AlarmCheck:
+    """The low-confidence alarm over one window of captures (the local twin of the CloudWatch alarm)."""
+    window_start: pd.Timestamp
+    window_end: pd.Timestamp
+    inferences: int
+    low_confidence: int
+    rate: float
+    max_rate: float
+    threshold: float
+
+    @property
+    def in_alarm(self) -> bool:
+        return self.inferences > 0 and self.rate > self.max_rate
+
+    def message(self) -> str:
+        window = f"{self.window_start:%Y-%m-%d %H:%M:%S} to {self.window_end:%Y-%m-%d %H:%M:%S} UTC"
+        state = "ALARM" if self.in_alarm else "OK"
+        relation = "above" if self.in_alarm else "within"
+        return (f"{state}: low-confidence rate {self.rate:.1%} ({self.low_confidence} of {self.inferences} "
+                f"inferences below confidence {self.threshold}) in the window {window}, {relation} the "
+                f"{self.max_rate:.1%} limit")
+
+
+def check_low_confidence(captures: pd.DataFrame, *, threshold: float, max_rate: float, window_minutes: float = 60,
+                         end: pd.Timestamp | None = None) -> AlarmCheck:
+    """The share of inferences below `threshold` in the `window_minutes` before `end` (default: the latest
+    capture); in alarm when it exceeds `max_rate`."""
+    if not 0 <= max_rate <= 1:
+        raise ValueError(f"max_rate must lie in [0, 1], got {max_rate}")
+    if captures.empty:
+        now = pd.Timestamp.now(tz="UTC")
+        return AlarmCheck(now, now, 0, 0, 0.0, max_rate, threshold)
+    end = _utc(pd.Timestamp(end)) if end is not None else captures["inference_time"].max()
+    start = end - pd.Timedelta(minutes=window_minutes)
+    window = captures[(captures["inference_time"] > start) & (captures["inference_time"] <= end)]
+    low = int((window["confidence"] < threshold).sum())
+    rate = low / len(window) if len(window) else 0.0
+    return AlarmCheck(start, end, len(window), low, rate, max_rate, threshold)

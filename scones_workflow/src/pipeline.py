@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from .capture import CaptureWriter
-from .server import InferenceServer
+from .server import InferenceServer, Variant
 from .workflow import LocalWorkflow
 
 
@@ -23,6 +23,7 @@ class LocalRun:
     bad_inputs: pd.DataFrame     # one row per deliberately bad input
     capture_location: str
     endpoint_invocations: int
+    invocations_by_variant: dict[str, int]
 
 
 def bad_inputs(sample_png: bytes) -> dict[str, bytes | None]:
@@ -31,13 +32,14 @@ def bad_inputs(sample_png: bytes) -> dict[str, bytes | None]:
             "bad/truncated.png": sample_png[: len(sample_png) // 3]}
 
 
-def run_local(predict: Callable[[bytes], list[float]], images: Mapping[str, bytes], *, capture_dir: Path,
-              threshold: float = 0.94, concurrency: int = 4, extra_cases: Mapping[str, bytes | None] = ()) -> LocalRun:
-    """Serve `predict` with data capture into `capture_dir` (emptied first), run one execution per image
-    and per extra case, stop the server (flushing the captures)."""
+def run_local(predict: Callable[[bytes], list[float]] | None, images: Mapping[str, bytes], *, capture_dir: Path,
+              threshold: float = 0.94, concurrency: int = 4, extra_cases: Mapping[str, bytes | None] = (),
+              variants: Mapping[str, Variant] | None = None, seed: int = 0) -> LocalRun:
+    """Serve `predict` (or weighted `variants`) with data capture into `capture_dir` (emptied first), run one
+    execution per image and per extra case, stop the server (flushing the captures)."""
     shutil.rmtree(capture_dir, ignore_errors=True)
     capture = CaptureWriter(str(capture_dir), "scones-endpoint")
-    with InferenceServer(predict, port=0, capture=capture) as server, \
+    with InferenceServer(predict, variants=variants, port=0, capture=capture, seed=seed) as server, \
             LocalWorkflow(server.url, threshold=threshold) as workflow:
         keys = [workflow.put_image(key, content) for key, content in images.items()]
         results = workflow.run_many(keys, concurrency=concurrency)
@@ -45,4 +47,24 @@ def run_local(predict: Callable[[bytes], list[float]], images: Mapping[str, byte
             if content is not None:
                 workflow.put_image(key, content)
         bad = workflow.run_many(list(dict(extra_cases)), concurrency=1)
-    return LocalRun(results, bad, str(capture_dir), server.invocations)
+    return LocalRun(results, bad, str(capture_dir), server.invocations, dict(server.invocations_by_variant))
+
+
+def send_traffic(predict: Callable[[bytes], list[float]], uploads: Mapping[str, bytes], *, capture_dir: Path,
+                 content_type: str = "image/jpeg", concurrency: int = 4) -> int:
+    """Production traffic straight to the endpoint (no workflow), captured into `capture_dir` (emptied
+    first), each request with its name as InferenceId; returns how many were captured."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import boto3
+
+    shutil.rmtree(capture_dir, ignore_errors=True)
+    capture = CaptureWriter(str(capture_dir), "scones-endpoint")
+    with InferenceServer(predict, port=0, capture=capture) as server:
+        runtime = boto3.client("sagemaker-runtime", endpoint_url=server.url, region_name="us-east-1",
+                               aws_access_key_id="local", aws_secret_access_key="local")
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(lambda item: runtime.invoke_endpoint(
+                EndpointName="scones-endpoint", ContentType=content_type, Body=item[1],
+                InferenceId=item[0][-64:])["Body"].read(), uploads.items()))
+    return capture.records_written

@@ -10,20 +10,29 @@ Requests take `image/png`, `image/jpeg` (or `application/x-image`, as the built-
 answer the built-in image classifier's format, a JSON list `[p_bicycle, p_motorcycle]`. Every
 answered inference is captured (see `capture.py`). No request can stop the server: every error
 becomes an HTTP status with a JSON message.
+
+Production variants: like an endpoint config with several `ProductionVariants`, the server can hold
+several models with weights (e.g. 90/10). Each request goes to a variant drawn by weight, or to the
+one named by the `X-Amzn-SageMaker-Target-Variant` header (boto3's `TargetVariant`); the answer names
+it in `X-Amzn-Invoked-Production-Variant` (boto3's `InvokedProductionVariant`), and its capture goes
+under `<endpoint>/<variant>/yyyy/mm/dd/hh/`, as SageMaker writes it.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import random
 import re
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from common.images import ImageError
 
-from .capture import CaptureWriter
+from .capture import VARIANT, CaptureWriter
 
 log = logging.getLogger(__name__)
 
@@ -32,27 +41,65 @@ MAX_BODY_BYTES = 6 * 2**20  # SageMaker's real-time payload limit (6 MB)
 DISCARD_LIMIT = 64 * 2**20  # refused bodies up to this size are read and dropped, larger ones close the connection
 RUNTIME_PATH = re.compile(r"^/endpoints/([A-Za-z0-9-]{1,63})/invocations$")
 
+TARGET_VARIANT_HEADER = "X-Amzn-SageMaker-Target-Variant"
+INVOKED_VARIANT_HEADER = "X-Amzn-Invoked-Production-Variant"
+
 Predict = Callable[[bytes], list[float]]
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A production variant: its model and its share of the traffic (weights are relative, as in SageMaker)."""
+    predict: Predict
+    weight: float = 1.0
+
+
 class HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, error_type: str = "ModelError") -> None:
         super().__init__(message)
-        self.status = status
+        self.status, self.error_type = status, error_type
 
 
 class InferenceServer(ThreadingHTTPServer):
-    """The HTTP server; `predict` maps image bytes to probabilities (raising ImageError for bad images)."""
+    """The HTTP server. `predict` maps image bytes to probabilities (raising ImageError for bad images)
+    and is the single variant `AllTraffic`; or `variants` maps names to `Variant(predict, weight)`."""
 
     daemon_threads = True
 
-    def __init__(self, predict: Predict, *, host: str = "127.0.0.1", port: int = 8080,
-                 capture: CaptureWriter | None = None) -> None:
+    def __init__(self, predict: Predict | None = None, *, variants: Mapping[str, Variant] | None = None,
+                 host: str = "127.0.0.1", port: int = 8080, capture: CaptureWriter | None = None,
+                 seed: int | None = None) -> None:
+        if (predict is None) == (variants is None):
+            raise ValueError("give either `predict` (one variant) or `variants`, not both")
+        self.variants = dict(variants) if variants is not None else {VARIANT: Variant(predict)}
+        if not self.variants or any(v.weight < 0 for v in self.variants.values()) or \
+                sum(v.weight for v in self.variants.values()) <= 0:
+            raise ValueError(f"variant weights must be >= 0 with a positive sum, got "
+                             f"{ {n: v.weight for n, v in self.variants.items()} }")
         super().__init__((host, port), _Handler)
-        self.predict, self.capture = predict, capture
+        self.capture = capture
         self.invocations = 0
+        self.invocations_by_variant = {name: 0 for name in self.variants}
+        self.model_seconds = 0.0  # summed time inside the models (decode + inference), for load breakdowns
         self._count_lock = threading.Lock()
+        self._random = random.Random(seed)
         self._thread: threading.Thread | None = None
+
+    @property
+    def predict(self) -> Predict:
+        """The first variant's model (the only one without variants)."""
+        return next(iter(self.variants.values())).predict
+
+    def choose_variant(self, target: str | None) -> str:
+        """The variant named by the TargetVariant header, else one drawn by weight."""
+        if target:
+            if target not in self.variants:
+                raise HttpError(400, f"target variant {target!r} does not exist on this endpoint; variants: "
+                                     f"{', '.join(self.variants)}", error_type="ValidationError")
+            return target
+        names = list(self.variants)
+        with self._count_lock:
+            return self._random.choices(names, weights=[self.variants[n].weight for n in names])[0]
 
     @property
     def url(self) -> str:
@@ -72,9 +119,11 @@ class InferenceServer(ThreadingHTTPServer):
         if self.capture is not None:
             self.capture.close()
 
-    def count_invocation(self) -> None:
+    def count_invocation(self, variant: str = VARIANT, seconds: float = 0.0) -> None:
         with self._count_lock:
             self.invocations += 1
+            self.model_seconds += seconds
+            self.invocations_by_variant[variant] = self.invocations_by_variant.get(variant, 0) + 1
 
     def __enter__(self) -> "InferenceServer":
         return self.start()
@@ -107,18 +156,20 @@ class _Handler(BaseHTTPRequestHandler):
             if content_type not in CONTENT_TYPES:
                 raise HttpError(415, f"unsupported content type {content_type or '(none)'!r}; "
                                      f"send one of {', '.join(CONTENT_TYPES)}")
+            variant = self.server.choose_variant(self.headers.get(TARGET_VARIANT_HEADER))
+            started = time.perf_counter()
             try:
-                probabilities = self.server.predict(body)
+                probabilities = self.server.variants[variant].predict(body)
             except ImageError as err:
                 raise HttpError(400, str(err)) from None
             output = json.dumps([round(float(p), 6) for p in probabilities])
-            self.server.count_invocation()
+            self.server.count_invocation(variant, time.perf_counter() - started)
             if self.server.capture is not None:
                 self.server.capture.record(body, content_type, output,
-                                           self.headers.get("X-Amzn-SageMaker-Inference-Id"))
-            self._send(200, output.encode(), "application/json")
+                                           self.headers.get("X-Amzn-SageMaker-Inference-Id"), variant=variant)
+            self._send(200, output.encode(), "application/json", {INVOKED_VARIANT_HEADER: variant})
         except HttpError as err:
-            self._send_error(err.status, str(err), runtime=runtime)
+            self._send_error(err.status, str(err), runtime=runtime, error_type=err.error_type)
         except Exception as err:  # a bug must cost one request, never the server
             log.exception("inference failed")
             self._send_error(500, f"internal error: {type(err).__name__}: {err}", runtime=runtime)
@@ -154,8 +205,11 @@ class _Handler(BaseHTTPRequestHandler):
                 break
             length -= len(chunk)
 
-    def _send_error(self, status: int, message: str, *, runtime: bool) -> None:
-        if runtime and status != 404:
+    def _send_error(self, status: int, message: str, *, runtime: bool, error_type: str = "ModelError") -> None:
+        if runtime and error_type == "ValidationError":  # refused by the runtime service, not the container
+            self._send(400, json.dumps({"message": message}).encode(), "application/json",
+                       {"x-amzn-ErrorType": "ValidationError"})
+        elif runtime and status != 404:
             # What the SageMaker runtime service answers when the container returns an error.
             payload = {"message": f"Received client error ({status}) from primary with message \"{message}\"",
                        "OriginalStatusCode": status, "OriginalMessage": message}

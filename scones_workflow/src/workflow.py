@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 import time
 import uuid
@@ -26,6 +27,7 @@ from moto.awslambda_simple.models import LambdaSimpleBackend
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 
 from .lambdas import classify, confidence_filter, serialize
+from .lambdas.constants import CLASS_NAMES, THRESHOLD
 
 ASL_PATH = Path(__file__).resolve().parents[1] / "workflow.asl.json"
 ACCOUNT = "123456789012"
@@ -96,16 +98,20 @@ class LocalWorkflow:
     `with LocalWorkflow(server.url) as wf: wf.put_image("test/x.png", data); wf.run("test/x.png")`
     """
 
-    def __init__(self, endpoint_url: str, *, endpoint_name: str = "scones-endpoint", threshold: float = 0.94,
+    def __init__(self, endpoint_url: str, *, endpoint_name: str = "scones-endpoint", threshold: float = THRESHOLD,
                  bucket: str = "scones-data", region: str = "us-east-1",
-                 class_names: tuple[str, ...] = ("bicycle", "motorcycle"), endpoint_timeout: float = 10.0) -> None:
+                 class_names: tuple[str, ...] = CLASS_NAMES, endpoint_timeout: float = 10.0) -> None:
         self.bucket, self.region, self.class_names = bucket, region, class_names
+        # The filter's CloudWatch metric lines (EMF), which in AWS go to stdout -> CloudWatch Logs.
+        self._metrics_dir = tempfile.TemporaryDirectory(prefix="scones-metrics-")
+        self.metrics_path = Path(self._metrics_dir.name) / "metrics.jsonl"
         self.environment = {"ENDPOINT_NAME": endpoint_name, "ENDPOINT_URL": endpoint_url,
                             "THRESHOLD_CONFIDENCE": str(threshold), "ENDPOINT_TIMEOUT": str(endpoint_timeout),
-                            "AWS_DEFAULT_REGION": region}
+                            "AWS_DEFAULT_REGION": region, "METRICS_FILE": str(self.metrics_path)}
         self.arns = {var: f"arn:aws:lambda:{region}:{ACCOUNT}:function:{name}" for var, (name, _) in FUNCTIONS.items()}
         self._handlers: dict[str, Callable] = {name: handler for name, handler in FUNCTIONS.values()}
         self.invocations: dict[str, int] = {name: 0 for name in self._handlers}
+        self.handler_seconds: dict[str, float] = {name: 0.0 for name in self._handlers}  # summed per Lambda
         self._count_lock = threading.Lock()
         self._patches: list = []
 
@@ -142,11 +148,16 @@ class LocalWorkflow:
                 response_headers["x-amz-function-error"] = "Unhandled"
                 return json.dumps({"errorType": "ResourceNotFoundException",
                                    "errorMessage": f"Function not found: {function_name}"}).encode()
+            started = time.perf_counter()
             try:
                 return json.dumps(handler(json.loads(body or "{}"), _Context(name))).encode()
             except Exception as err:  # what the Lambda runtime returns for an unhandled exception
                 response_headers["x-amz-function-error"] = "Unhandled"
                 return json.dumps({"errorType": type(err).__name__, "errorMessage": str(err)}).encode()
+            finally:
+                with workflow._count_lock:
+                    workflow.handler_seconds[name] = workflow.handler_seconds.get(name, 0.0) + \
+                        time.perf_counter() - started
 
         return invoke
 
@@ -206,3 +217,9 @@ class LocalWorkflow:
 
     def history(self, execution_arn: str) -> list[dict]:
         return self.sfn.get_execution_history(executionArn=execution_arn)["events"]
+
+    def metrics(self) -> list[dict]:
+        """The confidence filter's metric records so far (CloudWatch embedded metric format, one per inference)."""
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,107 @@
+"""The run's record: every number the notebook measured, as the metrics.json the README report reads."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from common import report
+
+FIGURE_TITLES = {
+    "sample_images.png": "Training images",
+    "training_curves.png": "Fine-tuning curves",
+    "confusion_matrix.png": "Test confusion matrix",
+    "confidence_over_time.png": "Captured confidence over time",
+    "confidence_histogram.png": "Captured confidence histogram",
+    "low_confidence.png": "Lowest-confidence captures",
+    "variant_confidence.png": "Confidence by production variant",
+}
+
+
+def _round(value, digits=4):
+    return None if value is None else round(float(value), digits)
+
+
+def build_metrics(*, profile: str, backend: str, data: dict, model: dict, test: dict, executions: pd.DataFrame,
+                  bad_inputs: pd.DataFrame, captures: dict, drift: tuple[pd.DataFrame, float],
+                  variants: tuple[pd.DataFrame, str], alarm, alarm_exit_code: int | None, retraining,
+                  load: dict, benchmark: list[dict], figures_dir: Path) -> dict:
+    """metrics.json for the run. `model`: name, train_seconds, activations_cached, val_accuracy, best_epoch,
+    path, size_mb; `test`: accuracy, n, wrong, below_threshold, per_class (DataFrame); `captures`: records,
+    files, accuracy, labelled; `alarm`: a monitor.AlarmCheck; `retraining`: a retrain.RetrainResult or None."""
+    status = executions["status"].value_counts()
+    succeeded = executions[executions["status"] == "SUCCEEDED"]
+    passed_accuracy = (float((succeeded["predicted_label"] == succeeded["true_label"]).mean())
+                       if len(succeeded) and "true_label" in succeeded else None)
+    summary = {
+        "test accuracy": _round(test["accuracy"]),
+        "test images wrong": int(test["wrong"]),
+        "test images below the confidence threshold": int(test["below_threshold"]),
+        "validation accuracy": _round(model["val_accuracy"]),
+        "train seconds": _round(model["train_seconds"], 1),
+        "train seconds include the trunk pass (no cache)": not model["activations_cached"],
+        "served model": model["name"],
+        "served model MB": _round(model["size_mb"], 1),
+        "executions (test images)": len(executions),
+        "executions succeeded": int(status.get("SUCCEEDED", 0)),
+        "executions failed (filter / errors)": int(status.get("FAILED", 0)),
+        "accuracy of passed inferences": _round(passed_accuracy),
+        "capture records": int(captures["records"]),
+        "variant verdict": variants[1],
+        "alarm": alarm.message(),
+        "monitor --check exit code": alarm_exit_code,
+    }
+    tables = [report.table("Test set per class", test["per_class"]),
+              report.table("Executions by outcome", executions.fillna({"error": "-"}).groupby(["status", "error"])
+                           .size().rename("executions").reset_index()),
+              report.table("Bad inputs", bad_inputs[["s3_key", "status", "error"]]),
+              report.table("Production variants (from capture)", variants[0]),
+              report.table("Class-share drift (earlier vs later half)", drift[0])]
+    retrain_record = None
+    if retraining is not None:
+        retrain_record = asdict(retraining)
+        summary.update({"retraining: captured images used": retraining.pseudo_labelled + retraining.human_labelled,
+                        "retraining: candidate test accuracy": _round(retraining.candidate_accuracy),
+                        "retraining: production test accuracy": _round(retraining.current_accuracy),
+                        "retraining: promoted": retraining.promoted})
+        tables.append(report.table("Retraining round", pd.DataFrame(
+            [(k, str(v)) for k, v in retrain_record.items() if k not in ("notes",)], columns=["measure", "value"])))
+    if load:
+        breakdown = load.get("breakdown_ms", {})
+        summary.update({
+            "load: executions / clients": f"{load['executions']} / {load['concurrency']}",
+            "load: all executions terminal, no capture lost": bool(load["checks_passed"]),
+            "load: executions per second": load["executions_per_s"],
+            "load: p50 latency ms": load["p50_ms"],
+            "endpoint images per second (ONNX Runtime, concurrent clients)": load["endpoint_images_per_s"],
+        })
+        tables.append(report.table("Where an execution's time goes (ms per execution, mean)", pd.DataFrame(
+            list(breakdown.items()), columns=["part", "ms per execution"])))
+        tables.append(report.table("Load test", pd.DataFrame(
+            [(k, str(v)) for k, v in load.items() if k not in ("capture_dir", "breakdown_ms")],
+            columns=["measure", "value"])))
+    if benchmark:
+        tables.append(report.table("TorchScript vs ONNX Runtime (same model, same machine, one run)",
+                                   pd.DataFrame(benchmark)))
+        ratio = next((r for r in benchmark if "speed-up" in str(r.get("runtime", ""))), None)
+        if ratio:
+            summary["ONNX Runtime speed-up, single image p50 (1 thread)"] = ratio.get("p50 ms (1 thread)")
+    figures = [{"title": title, "path": f"figures/{name}"} for name, title in FIGURE_TITLES.items()
+               if (Path(figures_dir) / name).exists()]
+    return {
+        "project": "scones_workflow",
+        "title": "Scones Unlimited workflow (ONNX endpoint, Lambdas, Step Functions, monitoring, retraining)",
+        "profile": profile,
+        "backend": backend,
+        "data": data,
+        "summary": summary,
+        "tables": tables,
+        "figures": figures,
+        "load": load,
+        "benchmark": benchmark,
+        "retraining": retrain_record,
+        "alarm": {"in_alarm": alarm.in_alarm, "rate": _round(alarm.rate), "max_rate": alarm.max_rate,
+                  "inferences": alarm.inferences, "window_start": str(alarm.window_start),
+                  "window_end": str(alarm.window_end), "exit_code": alarm_exit_code},
+    }

@@ -1,0 +1,65 @@
+"""metrics.json of the notebook, built by results.build_metrics from what the run measured."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from common import report
+from scones_workflow.src import monitor, results
+from scones_workflow.src.retrain import RetrainResult
+
+
+def _inputs(tmp_path):
+    executions = pd.DataFrame({"s3_key": ["a", "b", "c"], "status": ["SUCCEEDED", "SUCCEEDED", "FAILED"],
+                               "predicted_label": ["bicycle", "motorcycle", None], "true_label": ["bicycle", "bicycle",
+                                                                                                  "motorcycle"],
+                               "error": [None, None, "THRESHOLD_CONFIDENCE_NOT_MET"]})
+    bad = pd.DataFrame({"s3_key": ["bad/empty.png"], "status": ["FAILED"], "error": ["EmptyImage"]})
+    frame = pd.DataFrame({"inference_time": pd.date_range("2026-01-01", periods=4, freq="s", tz="UTC"),
+                          "confidence": [0.99, 0.5, 0.99, 0.99], "predicted_label": ["bicycle"] * 4})
+    alarm = monitor.check_low_confidence(frame, threshold=0.94, max_rate=0.1)
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "confusion_matrix.png").write_bytes(b"png")
+    retraining = RetrainResult(10, 9, 1, 7, 1, 1, 0.98, 0.985, True, "c.onnx", "p.onnx", "q.csv")
+    return dict(profile="tiny", backend="local", data={"source": "fixture", "stand_in": True},
+                model={"name": "lite2", "train_seconds": 12.345, "activations_cached": False, "val_accuracy": 0.97,
+                       "best_epoch": 3, "size_mb": 20.1},
+                test={"accuracy": 0.985, "wrong": 3, "below_threshold": 5,
+                      "per_class": pd.DataFrame({"class": ["bicycle"], "recall": [0.99]})},
+                executions=executions, bad_inputs=bad, captures={"records": 4, "accuracy": 0.75, "labelled": 4},
+                drift=(pd.DataFrame({"class": ["bicycle"]}), 0.5),
+                variants=(pd.DataFrame({"variant": ["Primary"], "accuracy": [0.99]}), "Primary wins"),
+                alarm=alarm, alarm_exit_code=1, retraining=retraining,
+                load={"executions": 24, "concurrency": 4, "checks_passed": True, "executions_per_s": 5.0,
+                      "p50_ms": 100.0, "endpoint_images_per_s": 160.0, "capture_dir": "/x",
+                      "breakdown_ms": {"endpoint model": 20.0, "engine (moto Step Functions) and the rest": 80.0}},
+                benchmark=[{"model": "m", "runtime": "TorchScript", "p50 ms (1 thread)": 40.0},
+                           {"model": "m", "runtime": "ONNX Runtime", "p50 ms (1 thread)": 10.0},
+                           {"model": "m", "runtime": "ONNX Runtime speed-up (x)", "p50 ms (1 thread)": 4.0}],
+                figures_dir=tmp_path / "figures")
+
+
+def test_metrics_carry_every_measured_part_and_survive_json(tmp_path):
+    metrics = results.build_metrics(**_inputs(tmp_path))
+    summary = metrics["summary"]
+    assert summary["test accuracy"] == 0.985 and summary["executions succeeded"] == 2
+    assert summary["accuracy of passed inferences"] == 0.5 and summary["train seconds"] == 12.3
+    assert summary["alarm"].startswith("ALARM: low-confidence rate 25.0%") and summary["monitor --check exit code"] == 1
+    assert summary["retraining: promoted"] is True and summary["retraining: captured images used"] == 8
+    assert summary["ONNX Runtime speed-up, single image p50 (1 thread)"] == 4.0
+    assert summary["endpoint images per second (ONNX Runtime, concurrent clients)"] == 160.0
+    titles = [t["title"] for t in metrics["tables"]]
+    assert "Production variants (from capture)" in titles and "Retraining round" in titles
+    assert any(t.startswith("Where an execution's time goes") for t in titles)
+    assert metrics["figures"] == [{"title": "Test confusion matrix", "path": "figures/confusion_matrix.png"}]
+    assert metrics["alarm"]["in_alarm"] and metrics["alarm"]["inferences"] == 4
+    report.write_metrics(tmp_path, metrics)
+    assert json.loads((tmp_path / "metrics.json").read_text())["summary"]["test images wrong"] == 3
+
+
+def test_metrics_without_load_or_retraining(tmp_path):
+    inputs = _inputs(tmp_path)
+    inputs.update(load={}, retraining=None, benchmark=[])
+    metrics = results.build_metrics(**inputs)
+    assert metrics["retraining"] is None and "load: executions per second" not in metrics["summary"]
