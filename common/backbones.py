@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from common.downloads import DownloadError
+from common.torchkit import train_mode
 
 # TensorFlow's Lite models were trained on (pixel - 127) / 128.
 LITE_MEAN = (127 / 255,) * 3
@@ -59,13 +60,8 @@ class Backbone:
                 p.requires_grad_(True)
 
     def set_train_mode(self, training: bool = True) -> None:
-        """`module.train(training)`, but frozen BatchNorm layers stay in eval mode."""
-        self.module.train(training)
-        for layer in self.module.modules():
-            if isinstance(layer, nn.modules.batchnorm._BatchNorm) and not any(
-                p.requires_grad for p in layer.parameters()
-            ):
-                layer.eval()
+        """`module.train(training)`, but frozen BatchNorm layers stay in eval mode (`torchkit.train_mode`)."""
+        train_mode(self.module, training)
 
 
 # Lite variant -> (native input size, resize size): the sizes TensorFlow trained them at, and the

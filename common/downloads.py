@@ -7,7 +7,6 @@ leaves a file at the destination.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import zipfile
 from pathlib import Path
@@ -27,16 +26,24 @@ def fetch(
     *,
     filename: str | None = None,
     sha256: str | None = None,
+    md5: str | None = None,
     what: str = "",
 ) -> Path:
     """Return ``dest_dir/filename``, downloading it from ``url`` only if it is not there yet.
 
-    With ``sha256`` a cached file must match it (else it is downloaded again) and so
-    must the download. Without it any cached file is trusted and pooch logs the hash
-    of a fresh download so it can be pinned. ``what`` names the file in error messages.
+    With ``sha256`` (or ``md5``, for sources that publish only that) a cached file must match it
+    (else it is downloaded again) and so must the download. Without either any cached file is
+    trusted and pooch logs the hash of a fresh download so it can be pinned. ``what`` names the
+    file in error messages.
     """
+    if sha256 is not None and md5 is not None:
+        raise ValueError(f"pass sha256 or md5 for {url}, not both")
     if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
         raise ValueError(f"sha256 for {url} must be 64 hex digits, got {sha256!r}")
+    if md5 is not None and not re.fullmatch(r"[0-9a-fA-F]{32}", md5):
+        raise ValueError(f"md5 for {url} must be 32 hex digits, got {md5!r}")
+    # pooch's known_hash: a bare hex string is sha256; other algorithms carry a prefix.
+    known_hash = sha256 if md5 is None else f"md5:{md5}"
     dest_dir = Path(dest_dir)
     filename = filename or Path(unquote(urlparse(url).path)).name
     if not filename:
@@ -44,9 +51,9 @@ def fetch(
     target = dest_dir / filename
     what = what or filename
     try:
-        return Path(pooch.retrieve(url, sha256, fname=filename, path=dest_dir, progressbar=True))
+        return Path(pooch.retrieve(url, known_hash, fname=filename, path=dest_dir, progressbar=True))
     except requests.RequestException as err:
-        checksum = f" (sha256 {sha256})" if sha256 else ""
+        checksum = f" (sha256 {sha256})" if sha256 else f" (md5 {md5})" if md5 else ""
         raise DownloadError(
             f"could not download {what} from {url}: {type(err).__name__}: {err}\n"
             f"To work offline, place {filename}{checksum} in {dest_dir}/"
@@ -56,15 +63,6 @@ def fetch(
         # not match (it has deleted it); a stale cached file that did not match goes too.
         target.unlink(missing_ok=True)
         raise ValueError(f"checksum mismatch for {target} from {url}: {err}") from None
-
-
-def sha256sum(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks so large files do not fill memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def extract_zip(zip_path: str | Path, dest_dir: str | Path, members: list[str] | None = None) -> list[Path]:

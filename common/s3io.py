@@ -8,7 +8,6 @@ including the ``AWS_ENDPOINT_URL`` environment variable). Local writes are atomi
 from __future__ import annotations
 
 import io
-import json
 import os
 import uuid
 from collections.abc import Iterable
@@ -65,17 +64,6 @@ def write_text(uri: PathOrUri, text: str, *, endpoint_url: str | None = None) ->
     write_bytes(uri, text.encode("utf-8"), endpoint_url=endpoint_url)
 
 
-def read_json(uri: PathOrUri, *, endpoint_url: str | None = None) -> Any:
-    try:
-        return json.loads(read_text(uri, endpoint_url=endpoint_url))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"invalid JSON in {os.fspath(uri)}: {err}") from None
-
-
-def write_json(uri: PathOrUri, obj: Any, indent: int = 2, *, endpoint_url: str | None = None) -> None:
-    write_text(uri, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", endpoint_url=endpoint_url)
-
-
 def read_jsonl(uri: PathOrUri, *, endpoint_url: str | None = None) -> list[dict]:
     """Read a JSON Lines file of objects; blank lines are skipped."""
     lines = io.StringIO(read_text(uri, endpoint_url=endpoint_url))
@@ -129,20 +117,6 @@ def upload_folder(local_dir: PathOrUri, s3_uri: PathOrUri, *, endpoint_url: str 
         dest.upload_from(file, force_overwrite_to_cloud=True)
         uploaded.append(str(dest))
     return uploaded
-
-
-def download_folder(s3_uri: PathOrUri, local_dir: PathOrUri, *, endpoint_url: str | None = None) -> list[Path]:
-    """Download every object under ``s3_uri`` into ``local_dir``, keeping relative keys."""
-    source = _s3_path(s3_uri, endpoint_url)
-    objects = sorted((d / f for d, _, files in source.walk() for f in files), key=str)
-    if not objects:
-        raise FileNotFoundError(f"no objects under {source}")
-    downloaded = []
-    for obj in objects:
-        dest = Path(local_dir, obj.relative_to(source))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        downloaded.append(obj.download_to(dest))
-    return downloaded
 
 
 def _s3_path(uri: PathOrUri, endpoint_url: str | None) -> S3Path:

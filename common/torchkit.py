@@ -1,4 +1,4 @@
-"""Small PyTorch conveniences every training notebook needs: device, seeds, cost.
+"""Small PyTorch conveniences every training notebook needs: device, seeds, train mode, cost.
 
 `measure()` is how projects get the "train seconds" and "peak memory" numbers in
 their metrics.json: wall time of the block and the peak resident memory of this
@@ -12,9 +12,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
+from torch import nn
 
 from common.resources import PeakMemory
 
@@ -36,6 +38,27 @@ def seed_everything(seed: int = 0) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def train_mode(module: M, training: bool = True, *, eval_batch_norm: Literal["frozen", "all"] = "frozen") -> M:
+    """`module.train(training)`, but BatchNorm layers stay in eval mode so their running statistics
+    (learnt on ImageNet) do not move: those whose parameters are all frozen (default), or every one
+    (`eval_batch_norm="all"`, for small batches whose statistics would be noisier than ImageNet's).
+
+    Dropout and drop connect still train, and gradients still flow through the eval-mode layers. It
+    calls `nn.Module.train` directly, so a module's own `train` override may call it. Returns `module`."""
+    if eval_batch_norm not in ("frozen", "all"):
+        raise ValueError(f"eval_batch_norm must be 'frozen' or 'all', got {eval_batch_norm!r}")
+    nn.Module.train(module, training)
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and (
+            eval_batch_norm == "all" or not any(p.requires_grad for p in layer.parameters())
+        ):
+            layer.eval()
+    return module
 
 
 @dataclass

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from common.downloads import DownloadError, extract_zip, fetch, sha256sum
+from common.downloads import DownloadError, extract_zip, fetch
 
 ZIP_MEMBERS = {"data/train.csv": b"a,b\n1,2\n", "data/test.csv": b"a,b\n3,4\n", "README.txt": b"hi"}
 
@@ -29,6 +29,7 @@ def make_zip(members: dict[str, bytes]) -> bytes:
 
 ZIP_BYTES = make_zip(ZIP_MEMBERS)
 ZIP_SHA = hashlib.sha256(ZIP_BYTES).hexdigest()
+ZIP_MD5 = hashlib.md5(ZIP_BYTES).hexdigest()
 
 
 class Handler(SimpleHTTPRequestHandler):
@@ -88,7 +89,7 @@ def test_fetch_downloads_verifies_and_then_uses_cache(server, dest):
 def test_fetch_without_hash_downloads_once(server, dest):
     path = fetch(f"{server.url}/data.zip", dest, filename="renamed.zip")
     assert path == dest / "renamed.zip"
-    assert sha256sum(path) == ZIP_SHA
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == ZIP_SHA
     fetch(f"{server.url}/data.zip", dest, filename="renamed.zip")
     assert server.requests == ["/data.zip"]
 
@@ -145,11 +146,38 @@ def test_interrupted_download_leaves_no_partial_file(server, dest):
     assert list(dest.iterdir()) == []
 
 
-def test_sha256sum_reads_in_chunks(tmp_path):
-    path = tmp_path / "blob.bin"
-    data = bytes(range(256)) * 1000
-    path.write_bytes(data)
-    assert sha256sum(path, chunk_size=1000) == hashlib.sha256(data).hexdigest()
+def test_fetch_verifies_an_md5_and_then_uses_cache(server, dest):
+    path = fetch(f"{server.url}/data.zip", dest, md5=ZIP_MD5)
+    assert path == dest / "data.zip" and path.read_bytes() == ZIP_BYTES
+    assert fetch(f"{server.url}/data.zip", dest, md5=ZIP_MD5.upper()) == path
+    assert server.requests == ["/data.zip"]
+
+
+def test_md5_mismatch_raises_and_leaves_no_file(server, dest):
+    dest.mkdir(parents=True)
+    (dest / "data.zip").write_bytes(b"an older version")  # a stale cached file goes too
+    wrong = hashlib.md5(b"something else").hexdigest()
+    with pytest.raises(ValueError) as info:
+        fetch(f"{server.url}/data.zip", dest, md5=wrong)
+    message = str(info.value)
+    assert "data.zip" in message and wrong in message and ZIP_MD5 in message
+    assert server.requests == ["/data.zip"]
+    assert list(dest.iterdir()) == []
+
+
+def test_malformed_or_doubled_md5_is_rejected_before_downloading(server, dest):
+    with pytest.raises(ValueError, match="md5 .* must be 32 hex digits"):
+        fetch(f"{server.url}/data.zip", dest, md5=ZIP_SHA)
+    with pytest.raises(ValueError, match="md5 .* must be 32 hex digits"):
+        fetch(f"{server.url}/data.zip", dest, md5=f"md5:{ZIP_MD5}")
+    with pytest.raises(ValueError, match="not both"):
+        fetch(f"{server.url}/data.zip", dest, sha256=ZIP_SHA, md5=ZIP_MD5)
+    assert server.requests == []
+
+
+def test_unreachable_host_names_the_md5_to_place_offline(dest):
+    with pytest.raises(DownloadError, match=rf"place x\.zip \(md5 {ZIP_MD5}\) in "):
+        fetch(f"http://127.0.0.1:{closed_port()}/x.zip", dest, md5=ZIP_MD5)
 
 
 def test_extract_zip_all_or_selected_members(tmp_path):

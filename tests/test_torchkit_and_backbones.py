@@ -9,7 +9,7 @@ import torch
 
 from common import backbones
 from common.downloads import DownloadError
-from common.torchkit import measure, seed_everything, select_device
+from common.torchkit import measure, seed_everything, select_device, train_mode
 
 
 def test_select_device_uses_the_cpu_threads_asked_for():
@@ -40,6 +40,54 @@ def test_measure_reports_time_and_sees_a_large_allocation():
     assert cost.seconds >= 0 and cost.peak_memory_mb >= baseline.peak_memory_mb + 80
 
 
+def small_net() -> torch.nn.Sequential:
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5),
+                               torch.nn.BatchNorm2d(4))
+
+
+def test_train_mode_keeps_frozen_batch_norm_statistics_and_updates_trainable_ones():
+    net = small_net()
+    frozen, trainable = net[1], net[3]
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    assert train_mode(net) is net
+    assert net.training and net[2].training and trainable.training and not frozen.training
+    before = (frozen.running_mean.clone(), trainable.running_mean.clone())
+    net(torch.randn(8, 3, 5, 5) + 3)
+    assert torch.equal(frozen.running_mean, before[0])
+    assert not torch.equal(trainable.running_mean, before[1])
+    train_mode(net, False)
+    assert not any(m.training for m in net.modules())
+
+
+def test_train_mode_can_keep_every_batch_norm_on_its_statistics():
+    net = small_net()
+    before = [bn.running_mean.clone() for bn in (net[1], net[3])]
+    train_mode(net, eval_batch_norm="all")
+    assert net.training and net[2].training and not net[1].training and not net[3].training
+    net(torch.randn(8, 3, 5, 5) + 3).sum().backward()  # gradients still reach the eval-mode layers
+    assert net[3].weight.grad is not None
+    assert all(torch.equal(bn.running_mean, b) for bn, b in zip((net[1], net[3]), before))
+    with pytest.raises(ValueError, match="eval_batch_norm"):
+        train_mode(net, eval_batch_norm="none")
+
+
+def test_train_mode_works_inside_a_train_override():
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = small_net()
+            for p in self.body[1].parameters():
+                p.requires_grad_(False)
+
+        def train(self, mode: bool = True):
+            return train_mode(self, mode)
+
+    model = Model().train()
+    assert model.training and model.body[3].training and not model.body[1].training
+    assert not model.eval().body[3].training
+
+
 @pytest.fixture(scope="module")
 def lite0() -> backbones.Backbone:
     return backbones.load_backbone("efficientnet_lite0")
@@ -63,6 +111,11 @@ def test_freeze_leaves_only_the_last_stages_trainable_and_their_batch_norm_train
     assert trainable == {"_conv_head.weight", "_bn1.weight", "_bn1.bias"}
     lite0.set_train_mode(True)
     assert lite0.module._bn1.training and not lite0.module._bn0.training
+    bn0_mean = lite0.module._bn0.running_mean.clone()
+    lite0.module(torch.randn(2, 3, 64, 64))
+    assert torch.equal(lite0.module._bn0.running_mean, bn0_mean)
+    lite0.set_train_mode(False)
+    assert not lite0.module._bn1.training
     with pytest.raises(ValueError, match="trainable_stages"):
         lite0.freeze(len(lite0.stages) + 1)
     lite0.freeze(0)
