@@ -57,18 +57,18 @@ def timestamp(now: dt.datetime | None = None) -> str:
 STAMP_PATTERN = r"\d{8}-\d{6}-\d{3}"
 
 
-def versioned_name(base: str, stamp: str, suffix: str = "") -> str:
-    name = f"{base}-{stamp}{'-' + suffix if suffix else ''}"
+def versioned_name(base: str, stamp: str) -> str:
+    """`<base>-<stamp>`: the name of this deploy's training job, model and endpoint config."""
+    name = f"{base}-{stamp}"
     if len(name) > NAME_LIMIT or not re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9])*", name):
         raise ValueError(f"SageMaker name {name!r} is invalid or longer than {NAME_LIMIT} characters: "
-                         f"use a shorter --endpoint-name (at most {NAME_LIMIT - len(stamp) - len(suffix) - 2})")
+                         f"use a shorter --endpoint-name (at most {NAME_LIMIT - len(stamp) - 1} characters)")
     return name
 
 
 def _is_ours(name: str, endpoint_name: str) -> bool:
     """A model or endpoint config that deploy made for this endpoint (or the seed's fixed name)."""
-    return name == endpoint_name or re.fullmatch(re.escape(endpoint_name) + "-" + STAMP_PATTERN + r"(-[a-z]+)?",
-                                                  name) is not None
+    return name == endpoint_name or re.fullmatch(re.escape(endpoint_name) + "-" + STAMP_PATTERN, name) is not None
 
 
 # ---------------------------------------------------------------------------- training (built-in algorithm)
@@ -421,7 +421,7 @@ def deploy(session: Any, config: DeployConfig, staged: Any = None, *, stamp: str
         with tempfile.TemporaryDirectory(prefix="scones-deploy-") as work_dir:
             return deploy(session, dataclasses.replace(config, work_dir=Path(work_dir)), staged, stamp=stamp, log=log)
     sm, s3, cfn = session.client("sagemaker"), session.client("s3"), session.client("cloudformation")
-    versioned_name(config.endpoint_name, stamp, "challenger")  # fail on a too-long name before anything is made
+    versioned_name(config.endpoint_name, stamp)  # a too-long name fails here, before anything is made
     previous = describe_endpoint(sm, config.endpoint_name)
     if config.variants and previous is None:
         raise ValueError(f"two variants put the new model next to the one endpoint {config.endpoint_name} serves "
