@@ -90,7 +90,11 @@ def test_the_sagemaker_role_may_write_captures_to_the_capture_prefix(template):
 
 
 def test_defaults_and_metric_names_come_from_the_lambdas_constants(template):
-    assert template["Parameters"]["ThresholdConfidence"]["Default"] == str(constants.THRESHOLD)
+    parameters = template["Parameters"]
+    assert parameters["ThresholdConfidence"]["Default"] == str(constants.THRESHOLD)
+    assert float(parameters["LowConfidenceRateThreshold"]["Default"]) == constants.ALARM_MAX_RATE
+    assert int(parameters["AlarmPeriodSeconds"]["Default"]) == 60 * constants.ALARM_WINDOW_MINUTES
+    assert int(parameters["AlarmMinInferences"]["Default"]) == constants.ALARM_MIN_INFERENCES
     alarm = _plain(template["Resources"]["LowConfidenceRateAlarm"]["Properties"])
     stats = {m["Id"]: m["MetricStat"]["Metric"] for m in alarm["Metrics"] if "MetricStat" in m}
     assert {m["Namespace"] for m in stats.values()} == {constants.METRIC_NAMESPACE}
