@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -26,7 +27,7 @@ CLASSES = ["00.Eiffel_Tower", "01.Geisel_Library", "02.Golden_Gate_Bridge", "03.
            "04.Leaning_Tower_of_Pisa", "05.Mount_Rushmore", "06.Niagara_Falls"]
 
 
-def write_model(path, class_names=CLASSES, metadata=True):
+def write_model(path, class_names=CLASSES, metadata=True, extra=None):
     """Mean colour of the image -> linear -> softmax: the predictor's input and output contract."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -45,7 +46,8 @@ def write_model(path, class_names=CLASSES, metadata=True):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     if metadata:
-        for key, value in {"class_names": class_names, "input": "uint8 N x 3 x H x W RGB, any size"}.items():
+        for key, value in {"class_names": class_names, "input": "uint8 N x 3 x H x W RGB, any size",
+                           **(extra or {})}.items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, json.dumps(value)
     onnx.save_model(model, str(path))
@@ -111,6 +113,30 @@ def test_a_bad_file_gets_one_message_naming_it_once(model_path, name, content, r
     assert result.error.count(name) == 1 and card_html(result.card).count(name) == 1
     assert "role='alert'" in card_html(result.card)
     assert landmark_app.classify(jpeg(), "after.jpg").top  # and the app keeps working
+
+
+def test_big_jpegs_are_decoded_at_a_reduced_scale_that_keeps_what_the_model_needs():
+    big = jpeg(2000, 1500)
+    assert app.decode_upload(big, "big.jpg", 600).size == (1000, 750)  # 1/2: 1/4 would be under 600
+    assert app.decode_upload(big, "big.jpg", 300).size == (500, 375)
+    assert app.decode_upload(big, "big.jpg", None).size == (2000, 1500)
+    assert app.decode_upload(jpeg(640, 480), "small.jpg", 600).size == (640, 480)
+    buffer = io.BytesIO()
+    Image.new("RGB", (2000, 1500), "blue").save(buffer, format="PNG")
+    assert app.decode_upload(buffer.getvalue(), "big.png", 300).size == (2000, 1500)  # only JPEGs
+    with pytest.raises(ValueError, match="^cut.jpg: cannot decode"):
+        app.decode_upload(big[:5000], "cut.jpg", 300)
+
+
+def test_the_app_decodes_big_jpegs_smaller_when_the_model_says_its_size(tmp_path):
+    shown = [f"Landmark {i}" for i in range(len(CLASSES))]
+    landmark_app = app.LandmarkApp(write_model(tmp_path / "sized.onnx",
+                                               extra={"resize_size": 256, "display_names": shown}))
+    assert landmark_app.decode_side == 512
+    result = landmark_app.classify(jpeg(4032, 3024), "phone.jpg")
+    assert not result.error and len(result.top) == 5
+    best = CLASSES.index(result.top[0][0])
+    assert f"phone.jpg</b>: Landmark {best} (" in card_html(result.card)  # the model's own display names
 
 
 def test_an_unexpected_failure_is_a_message_too(model_path, monkeypatch):
@@ -214,3 +240,26 @@ def test_the_readme_report_shows_the_screenshot_and_its_timings(tmp_path):
            "(reports/landmark_classifier/app_screenshot.png)" in text
     assert "a.jpg: Eiffel Tower (97.0%)" in text and "page interactive **2.50 s**" in text
     assert "upload -> result **0.31 s**" in text and "median of 5 page views" in text
+
+
+@pytest.mark.slow
+def test_one_command_serves_the_page_and_prints_its_url(model_path):
+    """`make app` runs this launcher: Voila on 127.0.0.1, the URL printed; Ctrl+C stops it all."""
+    import os
+    import signal
+    import urllib.request
+
+    launcher = subprocess.Popen([sys.executable, "-m", "landmark_classifier.src.app", "--model", str(model_path)],
+                                cwd=paths.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                start_new_session=True)
+    try:
+        line = launcher.stdout.readline()  # printed once the server answers
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line).group(0)
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert response.status == 200 and b"voila" in response.read().lower()
+        launcher.send_signal(signal.SIGINT)  # what Ctrl+C sends
+        assert launcher.wait(timeout=30) == 0
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
