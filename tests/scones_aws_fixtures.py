@@ -54,7 +54,7 @@ def tiny_onnx(path: Path, class_names=("bicycle", "motorcycle")) -> Path:
     images = helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", 3, "H", "W"])
     out = helper.make_tensor_value_info("probabilities", TensorProto.UINT8, ["N", 3, "H", "W"])
     graph = helper.make_graph([helper.make_node("Identity", ["images"], ["probabilities"])], "tiny", [images], [out])
-    model = helper.make_model(graph)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)  # ORT-loadable
     for key, value in {"class_names": list(class_names), "model_name": "tiny", "input": "uint8 N x 3 x H x W RGB"}.items():
         model.metadata_props.add(key=key, value=json.dumps(value))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import datetime as dt
 import importlib
 import json
 import random
+import re
 import subprocess
 import sys
 import tarfile
@@ -109,6 +110,65 @@ def test_dockerfile_installs_no_torch():
     dockerfile = (aws.PROJECT_DIR / "Dockerfile").read_text()
     installs = " ".join(line for line in dockerfile.splitlines() if not line.lstrip().startswith("#"))
     assert "torch" not in installs and "onnxruntime" in installs
+
+
+def _dockerfile_distributions() -> set[str]:
+    """The distributions the Dockerfile installs, with everything they depend on (extras included)."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import Requirement
+
+    dockerfile = (aws.PROJECT_DIR / "Dockerfile").read_text()
+    pip_line = " ".join(re.findall(r"pip install --no-cache-dir ((?:[^\n\\]|\\\n)+)", dockerfile)).replace("\\\n", " ")
+    todo = [Requirement(token.strip('"')) for token in pip_line.split() if "==" in token]
+    assert len(todo) >= 5, pip_line
+    seen: set[str] = set()
+    while todo:
+        requirement = todo.pop()
+        name = requirement.name.lower().replace("_", "-")
+        key = f"{name}[{','.join(sorted(requirement.extras))}]"
+        if key in seen:
+            continue
+        seen |= {key, name}
+        try:
+            dependencies = requires(name) or []
+        except PackageNotFoundError:
+            continue
+        for line in dependencies:
+            dependency = Requirement(line)
+            if dependency.marker is None or any(dependency.marker.evaluate({"extra": e}) for e in
+                                                (requirement.extras or {""})):
+                todo.append(dependency)
+    return {k for k in seen if "[" not in k}
+
+
+def test_the_container_installs_everything_serve_imports(onnx_model):
+    """`serve` as in the container: the modules cmd_serve imports, and an ONNX Runtime session, load with every
+    package the Dockerfile does not install (nor its dependencies) hidden; optional imports may fail quietly."""
+    body = Path(cli.__file__).read_text().split("def cmd_serve")[1].split("\ndef ")[0]
+    modules = ["scones_workflow.src." + m for m in re.findall(r"from \.(\w+) import", body)]
+    assert "scones_workflow.src.server" in modules
+    code = ("import importlib, importlib.abc, json, sys\n"
+            "from importlib.metadata import packages_distributions\n"
+            "owners = packages_distributions()\n"
+            f"allowed = set({sorted(_dockerfile_distributions())!r})\n"
+            "blocked = set()\n"
+            "class Container(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        top = name.split('.')[0]\n"
+            "        dists = [d.lower().replace('_', '-') for d in owners.get(top, [])]\n"
+            "        if dists and not set(dists) & allowed and top not in ('scones_workflow', 'common'):\n"
+            "            blocked.add(top)\n"
+            "            raise ModuleNotFoundError(f'not in the container: {name}', name=name)\n"
+            "sys.meta_path.insert(0, Container())\n"
+            f"for m in {modules!r}: importlib.import_module(m)\n"
+            "from common.serving import load_onnx\n"
+            f"load_onnx({str(onnx_model)!r})\n"
+            "print(json.dumps({'blocked': sorted(blocked), 'loaded': sorted({m.split('.')[0] for m in sys.modules})}))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=aws.PROJECT_DIR.parent, capture_output=True, text=True)
+    assert done.returncode == 0, f"serve needs a package the Dockerfile does not install:\n{done.stderr[-3000:]}"
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "onnxruntime" in result["loaded"] and not {"torch", "onnx", "sagemaker", "moto"} & set(result["loaded"])
 
 
 # ---------------------------------------------------------------------------- the deploy sequence

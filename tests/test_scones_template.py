@@ -92,7 +92,7 @@ def test_the_sagemaker_role_may_write_captures_to_the_capture_prefix(template):
 def test_defaults_and_metric_names_come_from_the_lambdas_constants(template):
     parameters = template["Parameters"]
     assert parameters["ThresholdConfidence"]["Default"] == str(constants.THRESHOLD)
-    assert float(parameters["LowConfidenceRateThreshold"]["Default"]) == constants.ALARM_MAX_RATE
+    assert float(parameters["LowConfidenceRateThreshold"]["Default"]) == constants.LOW_CONFIDENCE_MAX_RATE
     assert int(parameters["AlarmPeriodSeconds"]["Default"]) == 60 * constants.ALARM_WINDOW_MINUTES
     assert int(parameters["AlarmMinInferences"]["Default"]) == constants.ALARM_MIN_INFERENCES
     alarm = _plain(template["Resources"]["LowConfidenceRateAlarm"]["Properties"])

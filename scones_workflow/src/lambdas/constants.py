@@ -28,8 +28,9 @@ METRIC_LOW_CONFIDENCE = "LowConfidence"   # 1 if below THRESHOLD, else 0
 METRIC_CONFIDENCE = "Confidence"          # max(inferences)
 
 # The low-confidence alarm: template.yaml's LowConfidenceRateAlarm (CloudWatch, in AWS) and
-# `monitor --check` (locally, on captures) fire when more than ALARM_MAX_RATE of the inferences in a
-# window of ALARM_WINDOW_MINUTES fall below THRESHOLD, once the window holds ALARM_MIN_INFERENCES.
-ALARM_MAX_RATE = 0.2
+# `monitor --check` (locally, on captures) fire when more than LOW_CONFIDENCE_MAX_RATE of the
+# inferences in a window of ALARM_WINDOW_MINUTES fall below THRESHOLD, once the window holds at
+# least ALARM_MIN_INFERENCES of them.
+LOW_CONFIDENCE_MAX_RATE = 0.2
 ALARM_WINDOW_MINUTES = 60
 ALARM_MIN_INFERENCES = 10
