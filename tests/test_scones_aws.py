@@ -98,6 +98,21 @@ def test_model_tar_gz_unpacks_into_opt_ml_model_as_the_container_expects(onnx_mo
     assert again.read_bytes() == archive.read_bytes()  # reproducible: same model, same archive
 
 
+def test_the_committed_model_is_what_deploy_container_packs(tmp_path):
+    if not aws.DEFAULT_MODEL.exists():
+        pytest.skip(f"{aws.DEFAULT_MODEL} is not there yet (the run of record commits it)")
+    with tarfile.open(aws.package_model(aws.DEFAULT_MODEL, tmp_path)) as tar:
+        member = tar.getmember("model.onnx")
+        assert member.size == aws.DEFAULT_MODEL.stat().st_size <= 30 * 2**20
+        tar.extractall(tmp_path / "opt_ml_model", filter="data")
+    # what the container's serve does with it: SCONES_MODEL=/opt/ml/model/model.onnx
+    from scones_workflow.src.predictor import Predictor
+    from tests.scones_fixtures import png_bytes
+
+    probabilities = Predictor(tmp_path / "opt_ml_model" / "model.onnx")(png_bytes())
+    assert len(probabilities) == len(constants.CLASS_NAMES) and abs(sum(probabilities) - 1) < 1e-4
+
+
 def test_model_with_other_classes_or_no_file_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="no ONNX model at"):
         aws.package_model(tmp_path / "missing.onnx", tmp_path)
