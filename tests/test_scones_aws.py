@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import importlib
 import json
+import os
 import random
 import re
 import subprocess
@@ -325,6 +326,28 @@ def test_a_failed_endpoint_is_replaced_and_a_busy_one_is_awaited_before_the_upda
         stub.add_response("describe_endpoint", endpoint("InService"), {"EndpointName": "scones-endpoint"})
         assert aws.switch_endpoint(sm, name="scones-endpoint", config_name="newer") == "updated"
         stub.assert_no_pending_responses()
+
+
+def test_cli_names_what_the_user_must_fix(aws_session, onnx_model, capsys, tmp_path):
+    argv = ["deploy", "--region", REGION, "--role-arn", ROLE, "--bucket", "my-bucket", "--container", IMAGE]
+    assert cli.main(argv + ["--model", str(tmp_path / "missing.onnx")]) == 2
+    assert "error: no ONNX model at" in capsys.readouterr().err
+    assert cli.main(argv + ["--model", str(onnx_model), "--variants"]) == 2
+    assert "deploy once without variants first" in capsys.readouterr().err
+    assert cli.main(argv + ["--model", str(onnx_model), "--endpoint-name", "e" * 50]) == 2
+    assert "longer than 63" in capsys.readouterr().err
+
+
+def test_cli_without_credentials_says_so(monkeypatch, capsys, tmp_path):
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-role lookup: fails before any request
+    assert cli.main(["teardown", "--region", REGION]) == 2
+    assert capsys.readouterr().err.startswith("error: no AWS credentials")
+    assert cli.main(["teardown"]) == 2
+    assert "no AWS region" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- stack create / update

@@ -26,6 +26,7 @@ import datetime as dt
 import json
 import random
 import re
+import sys
 import tarfile
 import tempfile
 import time
@@ -647,30 +648,56 @@ def _delete(call: Any, **kwargs: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------- the CLI's two AWS commands
+def _cli_errors(run: Any) -> int:
+    """What a user can fix (no credentials or region, a refused request, a bad option) as one line, exit 2."""
+    from botocore.exceptions import NoCredentialsError, NoRegionError
+
+    try:
+        return run()
+    except NoCredentialsError:
+        print("error: no AWS credentials: configure them (aws configure, AWS_PROFILE, or an instance role)",
+              file=sys.stderr)
+    except NoRegionError:
+        print("error: no AWS region: pass --region or set AWS_DEFAULT_REGION", file=sys.stderr)
+    except ClientError as err:
+        error = err.response.get("Error", {})
+        print(f"error: AWS refused {err.operation_name}: {error.get('Code')}: {error.get('Message')}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+    return 2
+
+
 def deploy_from_args(args: Any) -> int:
-    import boto3
+    def run() -> int:
+        import boto3
 
-    from common import paths
+        from common import paths
 
-    config = DeployConfig(role_arn=args.role_arn, bucket=args.bucket, endpoint_name=args.endpoint_name,
-                          stack_name=args.stack_name, threshold=args.threshold, container=args.container,
-                          model_path=Path(args.model) if args.model else DEFAULT_MODEL, variants=args.variants,
-                          training_mode=args.training_mode, alarm_email=args.alarm_email or "")
-    staged = None
-    if not config.container:
-        from . import data
+        config = DeployConfig(role_arn=args.role_arn, bucket=args.bucket, endpoint_name=args.endpoint_name,
+                              stack_name=args.stack_name, threshold=args.threshold, container=args.container,
+                              model_path=Path(args.model) if args.model else DEFAULT_MODEL, variants=args.variants,
+                              training_mode=args.training_mode, alarm_email=args.alarm_email or "")
+        staged = None
+        if not config.container:
+            from . import data
 
-        staged = data.stage(paths.data_dir(args.data_dir))
-    deployment = deploy(boto3.Session(region_name=args.region), config, staged)
-    print(json.dumps(deployment.summary(), indent=2))
-    return 0
+            staged = data.stage(paths.data_dir(args.data_dir))
+        deployment = deploy(boto3.Session(region_name=args.region), config, staged)
+        print(json.dumps(deployment.summary(), indent=2))
+        return 0
+
+    return _cli_errors(run)
 
 
 def teardown_from_args(args: Any) -> int:
-    import boto3
+    def run() -> int:
+        import boto3
 
-    session = boto3.Session(region_name=args.region)
-    report = teardown(session.client("sagemaker"), session.client("cloudformation"), session.client("s3"),
-                      endpoint_name=args.endpoint_name, stack_name=args.stack_name, delete_data=args.delete_data)
-    print("\n".join(report.lines()))
-    return 0 if report.ok else 1
+        session = boto3.Session(region_name=args.region)
+        report = teardown(session.client("sagemaker"), session.client("cloudformation"), session.client("s3"),
+                          endpoint_name=args.endpoint_name, stack_name=args.stack_name,
+                          delete_data=args.delete_data)
+        print("\n".join(report.lines()))
+        return 0 if report.ok else 1
+
+    return _cli_errors(run)
