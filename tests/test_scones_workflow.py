@@ -134,13 +134,6 @@ def test_asl_retries_lambda_service_errors_and_catches_into_a_fail_state():
         assert asl["States"][state["Catch"][0]["Next"]]["Type"] == "Fail"
 
 
-def test_template_passes_cfn_lint():
-    from cfnlint.api import lint_file
-
-    problems = lint_file(ASL_PATH.parent / "template.yaml")
-    assert not problems, "\n".join(str(p) for p in problems)
-
-
 def test_load_run_ends_every_execution_and_captures_every_invocation(tmp_path):
     images = {f"test/img_{i}.png": png_bytes(value=i * 20) for i in range(6)}
     summary = loadtest.run_load(fake_predict, images, executions=24, concurrency=4, endpoint_requests=16,
