@@ -254,7 +254,10 @@ MAX_UPLOAD_BYTES = 64 * 2**20
 VOILA_ARGS = ("--theme=light", "--preheat_kernel=True", "--pool_size=1",
               f"--Voila.tornado_settings={{'websocket_max_message_size': {MAX_UPLOAD_BYTES}}}",
               "--VoilaConfiguration.extension_allowlist=@jupyter-widgets/jupyterlab-manager",
-              "--VoilaConfiguration.extension_allowlist=@voila-dashboards/widgets-manager8")
+              "--VoilaConfiguration.extension_allowlist=@voila-dashboards/widgets-manager8",
+              # Each page view gets its own kernel, which Voila keeps after the page is closed (measured:
+              # one more python process per view); shut down those left idle with no page for 2 minutes.
+              "--MappingKernelManager.cull_interval=30", "--MappingKernelManager.cull_idle_timeout=120")
 
 
 class AppServer:
