@@ -448,6 +448,8 @@ def test_teardown_keeps_the_buckets_and_says_so_then_delete_data_empties_them(aw
     assert first.kept[f"bucket s3://{capture_bucket}"].startswith(f"{entries} object versions")
     assert f"bucket s3://{deployment.outputs['DataBucketName']}" in first.kept
 
+    own = "s3://my-bucket/scones-workflow/ and s3://my-bucket/scones/"  # deploy --bucket: the user's, never deleted
+    assert "your own bucket" in first.kept.pop(own)
     second = aws.teardown(sm, cfn, s3, endpoint_name="scones-endpoint", stack_name="scones-workflow")
     assert second.ok and second.deleted == [] and second.kept == first.kept  # a no-op that still says what is left
 

@@ -281,13 +281,18 @@ def build_lambda_zip(path: Path) -> Path:
     return path
 
 
-def stack_status(cfn: Any, stack_name: str) -> str | None:
+def describe_stack(cfn: Any, stack_name: str) -> dict | None:
     try:
-        return cfn.describe_stacks(StackName=stack_name)["Stacks"][0]["StackStatus"]
+        return cfn.describe_stacks(StackName=stack_name)["Stacks"][0]
     except ClientError as err:
         if "does not exist" in err.response["Error"].get("Message", ""):
             return None
         raise
+
+
+def stack_status(cfn: Any, stack_name: str) -> str | None:
+    stack = describe_stack(cfn, stack_name)
+    return None if stack is None else stack["StackStatus"]
 
 
 def stack_failures(cfn: Any, stack_name: str) -> list[str]:
@@ -597,8 +602,13 @@ def teardown(sm: Any, cfn: Any, s3: Any, *, endpoint_name: str, stack_name: str,
             report.deleted.append(f"model {name}")
 
     buckets = _stack_buckets(cfn, s3, stack_name)
-    status = stack_status(cfn, stack_name)
-    if status is not None:
+    stack = describe_stack(cfn, stack_name)
+    if stack is not None:
+        code_bucket = {p["ParameterKey"]: p.get("ParameterValue") for p in stack.get("Parameters", [])}.get("CodeBucket")
+        if code_bucket:  # the --bucket of deploy: not the stack's, so never deleted here
+            report.kept[f"s3://{code_bucket}/{stack_name}/ and s3://{code_bucket}/scones/"] = (
+                "deployment code, training data and model artefacts in your own bucket (deploy --bucket); "
+                "delete them yourself if you no longer need them")
         cfn.delete_stack(StackName=stack_name)
         try:
             cfn.get_waiter("stack_delete_complete").wait(StackName=stack_name,
