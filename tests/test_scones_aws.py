@@ -294,7 +294,7 @@ def test_builtin_algorithm_deploy_trains_a_new_job_each_time_and_the_notebook_us
     assert job["HyperParameters"]["num_training_samples"] == str(len(staged.train))
     model = sm.describe_model(ModelName=first.models["AllTraffic"])["PrimaryContainer"]
     assert model["Image"] == aws.image_classification_uri(REGION)
-    assert capture == first.capture_s3 and rows.empty
+    assert capture == first.capture_s3 and rows.empty and list(rows.columns) == aws.EXECUTION_COLUMNS
     data_keys = {o["Key"] for o in s3.list_objects_v2(Bucket=first.outputs["DataBucketName"])["Contents"]}
     assert "test.lst" in data_keys and "test/motorcycle_1.png" in data_keys  # where serializeImageData reads
     assert len(UPDATES) == 1  # the notebook's run switched the same endpoint
@@ -551,7 +551,11 @@ def test_lambda_zip_holds_an_importable_package_with_the_templates_handlers(tmp_
     importlib.invalidate_caches()
 
 
-def test_run_executions_reports_each_status():
+def test_run_executions_reports_each_execution_as_the_local_backend_does():
+    from scones_workflow.src.workflow import ExecutionResult
+
+    started = dt.datetime(2026, 1, 1, 12, 0, 0)
+
     class FakeSfn:
         def __init__(self):
             self.calls = 0
@@ -563,10 +567,16 @@ def test_run_executions_reports_each_status():
             self.calls += 1
             if self.calls <= 2:
                 return {"status": "RUNNING"}
-            ok = executionArn.endswith("good.png")
-            return {"status": "SUCCEEDED" if ok else "FAILED", "error": None if ok else "NotAnImage"}
+            times = {"startDate": started, "stopDate": started + dt.timedelta(milliseconds=850)}
+            if executionArn.endswith("good.png"):
+                body = {"inferences": [0.03, 0.97], "variant": "Challenger", "s3_key": "good.png"}
+                return {"status": "SUCCEEDED", "output": json.dumps({"statusCode": 200, "body": body}), **times}
+            return {"status": "FAILED", "error": "NotAnImage", "cause": "bad.png is not a PNG or JPEG", **times}
 
     events = [{"s3_bucket": "b", "s3_key": k, "image_data": ""} for k in ("good.png", "bad.png")]
-    rows = aws.run_executions(FakeSfn(), "arn:sm", events, poll_seconds=0)
-    assert [(r["s3_key"], r["status"], r["error"]) for r in rows] == [
-        ("good.png", "SUCCEEDED", None), ("bad.png", "FAILED", "NotAnImage")]
+    good, bad = aws.run_executions(FakeSfn(), "arn:sm", events, poll_seconds=0)
+    assert set(ExecutionResult.__dataclass_fields__) <= set(good)  # the notebook reads the same columns either way
+    assert (good["status"], good["predicted_label"], good["confidence"], good["variant"]) == (
+        "SUCCEEDED", constants.CLASS_NAMES[1], 0.97, "Challenger")
+    assert good["latency_ms"] == 850.0 and good["error"] is None
+    assert (bad["status"], bad["error"], bad["predicted_label"]) == ("FAILED", "NotAnImage", None)

@@ -469,9 +469,28 @@ def generate_test_case(s3: Any, bucket: str, prefix: str = "test/", rng: random.
     return {"image_data": "", "s3_bucket": bucket, "s3_key": (rng or random).choice(keys)}
 
 
+EXECUTION_COLUMNS = ["s3_key", "status", "predicted_label", "confidence", "error", "cause", "latency_ms",
+                     "execution_arn", "variant"]
+
+
+def execution_row(event: dict, arn: str, description: dict, latency_ms: float) -> dict:
+    """One execution as the local backend reports it (workflow.ExecutionResult's columns), plus the variant."""
+    label = confidence = variant = None
+    if description["status"] == "SUCCEEDED":
+        body = json.loads(description["output"])["body"]
+        inferences = body["inferences"]
+        best = max(range(len(inferences)), key=inferences.__getitem__)
+        label = CLASS_NAMES[best] if best < len(CLASS_NAMES) else str(best)
+        confidence, variant = float(inferences[best]), body.get("variant")
+    return {"s3_key": event["s3_key"], "status": description["status"], "predicted_label": label,
+            "confidence": confidence, "error": description.get("error"), "cause": description.get("cause"),
+            "latency_ms": round(latency_ms, 1), "execution_arn": arn, "variant": variant}
+
+
 def run_executions(sfn: Any, state_machine_arn: str, events: list[dict], *, timeout: float = 300,
                    poll_seconds: float = 1.0) -> list[dict]:
-    """Start one execution per event, wait for all; one dict per execution (status, error, cause, output)."""
+    """Start one execution per event, wait for all; one row per execution (`execution_row`). The latency
+    comes from the executions' own start and stop dates, not from this polling loop."""
     arns = [sfn.start_execution(stateMachineArn=state_machine_arn, input=json.dumps(e))["executionArn"] for e in events]
     deadline = time.monotonic() + timeout
     results: dict[str, dict] = {}
@@ -485,8 +504,12 @@ def run_executions(sfn: Any, state_machine_arn: str, events: list[dict], *, time
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(arns) - len(results)} execution(s) still RUNNING after {timeout} s")
             time.sleep(poll_seconds)
-    return [{"s3_key": e["s3_key"], "status": results[a]["status"], "error": results[a].get("error"),
-             "cause": results[a].get("cause"), "output": results[a].get("output")} for e, a in zip(events, arns)]
+
+    def latency(d: dict) -> float:
+        start, stop = d.get("startDate"), d.get("stopDate")
+        return (stop - start).total_seconds() * 1000 if start and stop else float("nan")
+
+    return [execution_row(e, a, results[a], latency(results[a])) for e, a in zip(events, arns)]
 
 
 def deploy_and_run(staged: Any, *, role_arn: str, bucket: str, region: str | None = None,
@@ -510,7 +533,7 @@ def deploy_and_run(staged: Any, *, role_arn: str, bucket: str, region: str | Non
     s3 = session.client("s3")
     events = [generate_test_case(s3, outputs["DataBucketName"]) for _ in range(executions)]
     rows = run_executions(session.client("stepfunctions"), outputs["StateMachineArn"], events)
-    return pd.DataFrame(rows), deployment.capture_s3
+    return pd.DataFrame(rows, columns=EXECUTION_COLUMNS), deployment.capture_s3
 
 
 # ---------------------------------------------------------------------------- teardown
