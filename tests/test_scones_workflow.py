@@ -147,3 +147,18 @@ def test_load_run_ends_every_execution_and_captures_every_invocation(tmp_path):
     assert set(breakdown) == {"lambda serializeImageData", "lambda classifyImage", "lambda confidenceFilter",
                               "endpoint model", "engine (moto Step Functions) and the rest"}
     assert all(v >= 0 for v in breakdown.values()) and breakdown["endpoint model"] > 0
+
+
+def test_the_metric_names_the_variant_that_answered():
+    """Two weighted variants: classify passes the endpoint's InvokedProductionVariant on, so the alarm's metric
+    can be split by variant (the EndpointName x Variant dimension)."""
+    from scones_workflow.src.lambdas.constants import VARIANTS
+    from scones_workflow.src.server import Variant
+
+    variants = {name: Variant(fake_predict, 0.5) for name in VARIANTS}  # even split: both answer within 30 calls
+    with InferenceServer(variants=variants, port=0) as server, LocalWorkflow(server.url) as workflow:
+        workflow.put_image("test/dark.png", png_bytes(value=0))
+        for _ in range(30):
+            workflow.run("test/dark.png")
+        seen = {record["Variant"] for record in workflow.metrics()}
+    assert seen == set(VARIANTS)  # one variant missing from 30 even draws: probability 2 * 0.5**30
