@@ -8,13 +8,15 @@ STAMP   := $(VENV)/.installed
 DATA_DIR ?= $(firstword $(wildcard ../shared/data) data)
 PROFILE  ?= full
 PROJECTS ?=
+# Papermill parameters for every notebook of the run, e.g. PARAMS="DATASET=landmark_gldv2"
+PARAMS   ?=
 # PyTorch's OpenMP threads wait passively instead of spinning: 10-100x faster on busy cores (common/__init__.py)
 export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: run test venv clean-venv help
 
 help:
-	@echo "make run   [PROFILE=quick|full] [PROJECTS='bike_sharing_autogluon ...'] [DATA_DIR=...]"
+	@echo "make run   [PROFILE=quick|full] [PROJECTS='bike_sharing_autogluon ...'] [DATA_DIR=...] [PARAMS='KEY=VALUE ...']"
 	@echo "           run the notebooks headless, write reports/, regenerate the README report"
 	@echo "make test  [PYTEST_ARGS=...]   run the test suite"
 	@echo "make app   [PORT=...]   the landmark app as a web page on 127.0.0.1 (prints its URL)"
@@ -33,7 +35,8 @@ $(STAMP): requirements.txt requirements-tools.txt pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	DATA_DIR=$(DATA_DIR) $(VENV)/bin/python -m common.run --profile $(PROFILE) $(PROJECTS)
+	DATA_DIR=$(DATA_DIR) $(VENV)/bin/python -m common.run --profile $(PROFILE) \
+		$(foreach p,$(PARAMS),--param $(p)) $(PROJECTS)
 
 test: $(STAMP)
 	DATA_DIR=$(DATA_DIR) MPLBACKEND=Agg $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
