@@ -52,6 +52,8 @@ def test_alarm_fires_above_the_rate_and_names_window_and_rate():
     # only the last 60 s: the 20 low ones came first, so the window is clean
     recent = monitor.check_low_confidence(frame, threshold=0.94, max_rate=0.1, window_minutes=1)
     assert not recent.in_alarm and recent.low_confidence == 0 and recent.message().startswith("OK")
+    few = monitor.check_low_confidence(frame.head(5), threshold=0.94, max_rate=0.1, min_inferences=10)
+    assert few.rate == 1.0 and not few.in_alarm and "fewer than 10 inferences" in few.message()
 
 
 def _write_captures(folder, confidences):
@@ -66,7 +68,8 @@ def _write_captures(folder, confidences):
 def test_monitor_check_exits_non_zero_in_alarm(tmp_path, confidences, code, text):
     _write_captures(tmp_path, confidences)
     result = subprocess.run([sys.executable, "-m", "scones_workflow", "monitor", str(tmp_path), "--check",
-                             "--max-rate", "0.1"], cwd=REPO_ROOT, capture_output=True, text=True)
+                             "--max-rate", "0.1", "--min-inferences", "10"], cwd=REPO_ROOT, capture_output=True,
+                            text=True)
     assert result.returncode == code and text in result.stdout + result.stderr
     assert "in the window" in result.stdout + result.stderr
 

@@ -30,10 +30,14 @@ from pathlib import Path
 
 from common import paths
 
+from .lambdas import constants
 from .lambdas.constants import THRESHOLD
 
-# The low-confidence alarm's limit: more than 10 % of an hour's inferences below THRESHOLD.
-LOW_CONFIDENCE_MAX_RATE = 0.10
+# The low-confidence alarm, as template.yaml's CloudWatch alarm: more than 20 % of an hour's inferences
+# below THRESHOLD, once the hour has at least 10 inferences.
+LOW_CONFIDENCE_MAX_RATE = getattr(constants, "LOW_CONFIDENCE_MAX_RATE", 0.2)
+ALARM_WINDOW_MINUTES = getattr(constants, "ALARM_WINDOW_MINUTES", 60)
+ALARM_MIN_INFERENCES = getattr(constants, "ALARM_MIN_INFERENCES", 10)
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 ARTIFACTS = PROJECT_DIR / "artifacts"
@@ -148,7 +152,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     captures = monitor.read_captures(args.location, endpoint_url=args.endpoint_url)
     if args.check:
         check = monitor.check_low_confidence(captures, threshold=args.threshold, max_rate=args.max_rate,
-                                             window_minutes=args.window_minutes)
+                                             window_minutes=args.window_minutes, min_inferences=args.min_inferences)
         if check.inferences == 0:
             print(f"NO DATA: no capture records under {args.location} in the window", file=sys.stderr)
             return 2
@@ -268,8 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "exit 2 when the window holds no captures")
     p.add_argument("--max-rate", type=float, default=LOW_CONFIDENCE_MAX_RATE,
                    help=f"alarm above this low-confidence rate (default {LOW_CONFIDENCE_MAX_RATE})")
-    p.add_argument("--window-minutes", type=float, default=60,
-                   help="window ending at the latest capture (default 60, as the CloudWatch alarm's hour)")
+    p.add_argument("--window-minutes", type=float, default=ALARM_WINDOW_MINUTES,
+                   help=f"window ending at the latest capture (default {ALARM_WINDOW_MINUTES}, as the CloudWatch alarm)")
+    p.add_argument("--min-inferences", type=int, default=ALARM_MIN_INFERENCES,
+                   help=f"no alarm on fewer inferences in the window (default {ALARM_MIN_INFERENCES})")
     p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("retrain", help="retrain from captures: pseudo-labels, a labelling queue CSV, promote "

@@ -213,32 +213,36 @@ class AlarmCheck:
     rate: float
     max_rate: float
     threshold: float
+    min_inferences: int = 1
 
     @property
     def in_alarm(self) -> bool:
-        return self.inferences > 0 and self.rate > self.max_rate
+        return self.inferences >= max(1, self.min_inferences) and self.rate > self.max_rate
 
     def message(self) -> str:
         window = f"{self.window_start:%Y-%m-%d %H:%M:%S} to {self.window_end:%Y-%m-%d %H:%M:%S} UTC"
         state = "ALARM" if self.in_alarm else "OK"
         relation = "above" if self.in_alarm else "within"
+        if not self.in_alarm and self.rate > self.max_rate:
+            relation = f"above but with fewer than {self.min_inferences} inferences, under"
         return (f"{state}: low-confidence rate {self.rate:.1%} ({self.low_confidence} of {self.inferences} "
                 f"inferences below confidence {self.threshold}) in the window {window}, {relation} the "
                 f"{self.max_rate:.1%} limit")
 
 
 def check_low_confidence(captures: pd.DataFrame, *, threshold: float, max_rate: float, window_minutes: float = 60,
-                         end: pd.Timestamp | None = None) -> AlarmCheck:
+                         end: pd.Timestamp | None = None, min_inferences: int = 1) -> AlarmCheck:
     """The share of inferences below `threshold` in the `window_minutes` before `end` (default: the latest
-    capture); in alarm when it exceeds `max_rate`."""
+    capture); in alarm when it exceeds `max_rate` over at least `min_inferences` inferences (as the
+    CloudWatch alarm in template.yaml)."""
     if not 0 <= max_rate <= 1:
         raise ValueError(f"max_rate must lie in [0, 1], got {max_rate}")
     if captures.empty:
         now = pd.Timestamp.now(tz="UTC")
-        return AlarmCheck(now, now, 0, 0, 0.0, max_rate, threshold)
+        return AlarmCheck(now, now, 0, 0, 0.0, max_rate, threshold, min_inferences)
     end = _utc(pd.Timestamp(end)) if end is not None else captures["inference_time"].max()
     start = end - pd.Timedelta(minutes=window_minutes)
     window = captures[(captures["inference_time"] > start) & (captures["inference_time"] <= end)]
     low = int((window["confidence"] < threshold).sum())
     rate = low / len(window) if len(window) else 0.0
-    return AlarmCheck(start, end, len(window), low, rate, max_rate, threshold)
+    return AlarmCheck(start, end, len(window), low, rate, max_rate, threshold, min_inferences)

@@ -170,8 +170,10 @@ class RetrainResult:
 def retrain(captures_location: str | Path, *, train_images: np.ndarray, train_labels: np.ndarray,
             test_images: np.ndarray, test_labels: np.ndarray, production_model: Path, config, queue_path: Path,
             out_dir: Path, threshold: float, cache_dir: Path | None = None, training_run: dict | None = None,
-            endpoint_url: str | None = None) -> RetrainResult:
-    """One retraining round (see the module's docstring); returns what it did and measured."""
+            endpoint_url: str | None = None, init_state: dict | None = None) -> RetrainResult:
+    """One retraining round (see the module's docstring); returns what it did and measured. `init_state`
+    (the production model's torch state_dict, when at hand) warm-starts the candidate: fine-tuning the
+    production model on the new images for `config.epochs` instead of training from ImageNet weights."""
     import time
 
     from . import model
@@ -196,7 +198,7 @@ def retrain(captures_location: str | Path, *, train_images: np.ndarray, train_la
 
     started = time.perf_counter()
     result = model.train(train_images, train_labels, config, cache_dir=cache_dir,
-                         extra_images=decoded.images[use], extra_labels=labels[use])
+                         extra_images=decoded.images[use], extra_labels=labels[use], init_state=init_state)
     seconds = time.perf_counter() - started
     out_dir = Path(out_dir)
     candidate_path = model.export(result.model, out_dir / "candidate.onnx", config, {
