@@ -163,3 +163,16 @@ def test_cross_validation_scores_every_image_once(trained, tmp_path):
     _, _, images, cache, labels = trained
     scores = model.cross_validate(images, labels, TINY, folds=2, cache_dir=cache)
     assert scores["images"] == 40 and 0 <= scores["accuracy"] <= 1 and 0 <= scores["accuracy_with_flip"] <= 1
+
+
+def test_serve_defaults_to_the_env_then_the_container_then_the_committed_model(monkeypatch, tmp_path):
+    from scones_workflow.src import predictor
+
+    monkeypatch.setenv("SCONES_MODEL", str(tmp_path / "x.onnx"))
+    assert predictor.default_model() == tmp_path / "x.onnx"
+    monkeypatch.delenv("SCONES_MODEL")
+    monkeypatch.setattr(predictor, "CONTAINER_MODEL", tmp_path / "opt" / "model.onnx")
+    assert predictor.default_model() == predictor.COMMITTED_MODEL
+    (tmp_path / "opt").mkdir()
+    (tmp_path / "opt" / "model.onnx").write_bytes(b"x")
+    assert predictor.default_model() == tmp_path / "opt" / "model.onnx"
