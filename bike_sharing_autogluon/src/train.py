@@ -135,7 +135,7 @@ def _fit_one(label: str, train: pd.DataFrame, *, path: Path, time_limit: float, 
     # FASTAI is not installed: autogluon's fastai extra pins torch < 2.14 (see requirements.txt).
     # Bagging over the day blocks (`groups`: one fold per block) gives out-of-fold predictions.
     # One CPU per model and folds one after another: two OpenMP threads on these shared cores made
-    # LightGBM and XGBoost 25-40x slower (benchmarks/threads.py).
+    # LightGBM and XGBoost 25-40x slower (`python -m bike_sharing_autogluon.benchmark`).
     kwargs: dict = {"time_limit": time_limit, "presets": stage.presets, "verbosity": verbosity,
                     "excluded_model_types": ["FASTAI"], "num_bag_folds": len(DAY_BLOCKS), "num_bag_sets": 1,
                     "ag_args_fit": {"num_cpus": 1},
