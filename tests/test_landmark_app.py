@@ -47,6 +47,7 @@ def write_model(path, class_names=CLASSES, metadata=True, extra=None):
     model.ir_version = 8
     if metadata:
         for key, value in {"class_names": class_names, "input": "uint8 N x 3 x H x W RGB, any size",
+                           "model_name": "tiny test model",
                            **(extra or {})}.items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, json.dumps(value)
@@ -174,7 +175,8 @@ def test_a_missing_or_unusable_model_is_named_on_the_page(tmp_path):
     shown = app.page(missing)
     assert isinstance(shown, widgets.HTML) and "cannot start" in shown.value and "nope.onnx" in shown.value
     no_names = write_model(tmp_path / "bare.onnx", metadata=False)
-    assert "class_names" in app.page(no_names).value
+    shown = app.page(no_names).value
+    assert "not a landmark predictor" in shown and "class_names" in shown
 
 
 def test_the_model_path_defaults_to_the_committed_predictor(monkeypatch, tmp_path):

@@ -1,9 +1,9 @@
 """The landmark app: upload photos, see each one with its five most likely landmarks.
 
 `app.ipynb` only calls `page()`; `make app` serves that notebook as a web page with Voila
-(`python -m landmark_classifier.src.app --help`). The app runs the committed ONNX predictor
-with ONNX Runtime (`common.serving`): no torch import, so the page is interactive seconds after
-it opens, and an upload is answered in a fraction of a second.
+(`python -m landmark_classifier.src.app --help`). The app runs the committed ONNX predictor with
+ONNX Runtime through `predictor.py` (the CLI's code): no torch import, so the page is interactive
+seconds after it opens, and an upload is answered in a fraction of a second.
 
 Each upload gets a card: the photo (a JPEG thumbnail in an `ipywidgets.Image`), its top-5 as
 text (names, percentages) drawn as a bar chart. Several files at once give several cards; the
@@ -32,7 +32,8 @@ import numpy as np
 from PIL import Image
 
 from common.images import ImageError, load_image
-from common.serving import ModelFileError, OnnxModel, load_onnx
+from common.serving import ModelFileError
+from landmark_classifier.src import predictor
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 NOTEBOOK = PROJECT_DIR / "app.ipynb"
@@ -43,7 +44,7 @@ MAX_CARDS = 24                # older results are dropped from the page beyond t
 
 def default_model_path() -> Path:
     """The committed predictor (written by transfer_learning.ipynb's run of record)."""
-    return PROJECT_DIR / "models" / "landmark_predictor.onnx"
+    return predictor.default_model_path()
 
 
 def resolve_model_path(model: str | os.PathLike | None = None) -> Path:
@@ -54,18 +55,6 @@ def resolve_model_path(model: str | os.PathLike | None = None) -> Path:
 def display_name(class_name: str) -> str:
     """A class folder name as people read it: "06.Niagara_Falls" -> "Niagara Falls"."""
     return re.sub(r"^\d+[._ -]", "", class_name).replace("_", " ").strip() or class_name
-
-
-def predict_top_k(model: OnnxModel, image: Any, k: int = 5, name: str | None = None) -> list[tuple[str, float]]:
-    """The k most likely classes of one image as (class name, probability), most likely first.
-
-    `image`: anything `common.images.load_image` opens (raises ImageError naming `name`). The
-    model takes the uint8 RGB pixels as they are (1 x 3 x H x W) and resizes them itself."""
-    pixels = np.asarray(load_image(image, name=name), dtype=np.uint8)
-    probabilities = model.run(np.ascontiguousarray(pixels.transpose(2, 0, 1)[None]))[0]
-    order = np.argsort(-probabilities, kind="stable")[:k]
-    names = model.class_names
-    return [(names[i], float(probabilities[i])) for i in order]
 
 
 def decode_upload(content: Any, name: str, min_side: int | None = None) -> Image.Image:
@@ -82,8 +71,15 @@ def decode_upload(content: Any, name: str, min_side: int | None = None) -> Image
         except Exception:  # noqa: BLE001 - not decodable this way: load_image says why below
             pass
         else:
-            return load_image(image, name=name)
-    return load_image(content, name=name)
+            return _load(image, name)
+    return _load(content, name)
+
+
+def _load(source: Any, name: str) -> Image.Image:
+    try:
+        return load_image(source, name=name)
+    except OSError as err:  # PIL's "Truncated File Read" in a JPEG header escapes load_image
+        raise ImageError(f"{name}: cannot decode the image ({err})") from None
 
 
 def error_message(name: str, err: Exception) -> str:
@@ -150,7 +146,7 @@ class LandmarkApp:
     def __init__(self, model_path: str | os.PathLike | None = None, k: int = 5, threads: int | None = None) -> None:
         self.model_path = resolve_model_path(model_path)
         threads = threads or max(1, min(4, os.cpu_count() or 1))
-        self.model = load_onnx(self.model_path, threads=threads)
+        self.model = predictor.load(self.model_path, threads=threads)  # checks the metadata and input type
         self.class_names = self.model.class_names  # fails now (naming the file) if the metadata lacks them
         # the names people read: the model's own (metadata "display_names"), else from the class folders
         shown = self.model.metadata.get("display_names") or [display_name(c) for c in self.class_names]
@@ -199,7 +195,7 @@ class LandmarkApp:
         start = time.perf_counter()
         try:
             image = decode_upload(content, name, self.decode_side)
-            top = predict_top_k(self.model, image, self.k, name=name)
+            top = predictor.top_k(self.model, image, self.k, name=name)
             preview = _thumbnail_jpeg(image)
         except Exception as err:  # noqa: BLE001 - any failure is shown on the page; the app keeps serving
             message = error_message(name, err)
