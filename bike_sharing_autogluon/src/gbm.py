@@ -10,8 +10,8 @@ of a blend is cross-fitted (each block predicted with weights fitted on the othe
 predictions), so fitting the weights never scores itself.
 
 One thread per model: on these shared cores LightGBM and XGBoost have run 25-40x slower with 2
-OpenMP threads than with 1 (`python -m bike_sharing_autogluon.benchmark` compares); two worker
-processes fit models side by side instead.
+OpenMP threads than with 1 (`python -m bike_sharing_autogluon.benchmark` compares). `workers`
+processes can fit models side by side (on an idle machine); on busy shared cores one is faster.
 """
 from __future__ import annotations
 
