@@ -139,6 +139,7 @@ def run_project(project: str, notebooks: list[str], profile: str, data_dir: Path
             print(f"[{project}] running {name} (profile {profile}, DATA_DIR {data_dir})", flush=True)
             run_notebook(root / project / name, report_dir / name, parameters, stream=stream,
                          cell_timeout=cell_timeout)
+            record_paths(report_dir / name, root / project / name)
     metrics_path = report_dir / "metrics.json"
     if not metrics_path.exists():
         raise NotebookFailed(f"{project}: the notebooks ran but wrote no {metrics_path}")
@@ -156,6 +157,18 @@ def run_project(project: str, notebooks: list[str], profile: str, data_dir: Path
     return metrics
 
 
+def record_paths(executed: Path, source: Path) -> None:
+    """Papermill writes the absolute input and output paths into the executed notebook's metadata;
+    keep them relative to the repository so a committed report names no machine's folders."""
+    import nbformat
+
+    notebook = nbformat.read(executed, as_version=4)
+    meta = notebook.metadata.get("papermill")
+    if meta is not None:
+        meta["input_path"], meta["output_path"] = paths.display(source), paths.display(executed)
+        nbformat.write(notebook, executed)
+
+
 def is_record(profile: str, metrics: dict) -> bool:
     """Only the full profile on the real dataset may become the record."""
     return profile == "full" and not metrics["data"].get("stand_in", True)
@@ -168,6 +181,8 @@ def promote(project: str, staged: Path, record_root: Path, root: Path = paths.RE
     target = record_root / project
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(staged, target, ignore=shutil.ignore_patterns("models"))
+    for executed in target.glob("*.ipynb"):
+        record_paths(executed, root / project / executed.name)
     written = []
     if (staged / "models").is_dir():
         models_dir = root / project / "models"

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 # The child process: load the model, predict once, report seconds since the child's launch
-# (its own start time, taken from the OS) and its peak RSS.
+# (its own start time, taken from the OS) and its own peak RSS.
 _COLD_START = r"""
 import json, os, resource, sys, time
 import numpy as np
@@ -42,7 +42,11 @@ else:
     with torch.no_grad():
         out = model(torch.from_numpy(x))
 seconds = time.time() - psutil.Process().create_time()
-peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM: this process's own peak (getrusage's ru_maxrss survives exec and reports the parent's)
+try:
+    peak_mb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
+except (OSError, StopIteration):
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "torch_imported": "torch" in sys.modules}))
 """
 

@@ -117,3 +117,20 @@ def test_export_leaves_every_submodule_in_its_mode(tmp_path):
     serving.export_onnx(wrapper, torch.rand(2, 3, 4, 4), tmp_path / "m.onnx", metadata={})
     serving.save_torchscript(wrapper, tmp_path / "m.pt")
     assert wrapper.training and not any(m.training for m in inner.modules())
+
+
+def test_runtime_comparison_measures_each_runtime_in_its_own_fresh_process(exported, tmp_path):
+    from common.runtime_benchmark import compare
+
+    model, onnx_path = exported
+    pt, _ = serving.save_torchscript(model, tmp_path / "m.pt")
+    ballast = bytearray(400 * 2**20)  # a big parent must not inflate the children's peak memory
+    rows = compare(pt, onnx_path, lambda n: images((24, 24), batch=n)[0].numpy(), model="tiny", repeats=3,
+                   batch=4, cold_starts=1)
+    del ballast
+    ts, ort, ratio = rows
+    assert [r["runtime"] for r in rows] == ["TorchScript", "ONNX Runtime", "ONNX Runtime speed-up (x)"]
+    assert ts["imports torch"] is True and ort["imports torch"] is False
+    assert ort["serving peak RSS MB"] < 300 < ts["serving peak RSS MB"] + 300
+    assert ratio["p50 ms (1 thread)"] == round(ts["p50 ms (1 thread)"] / ort["p50 ms (1 thread)"], 2)
+    assert ratio["batch-4 images/s"] > 0 and ort["cold start s"] > 0

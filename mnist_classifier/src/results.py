@@ -121,5 +121,8 @@ def build_metrics(profile: str, data: MnistData, results: dict[str, ModelResult]
                    report.table("Test accuracy per digit", per_class.round(4).reset_index()),
                    report.table("Serving: TorchScript vs ONNX Runtime (1 CPU thread unless stated)", runtimes)],
         "figures": figures,
+        "highlights": {"tables": ["Models", "Serving: TorchScript vs ONNX Runtime (1 CPU thread unless stated)"],
+                       "figures": ["Test accuracy per model", f"{best}: confusion matrix",
+                                   f"{best}: misclassified test digits"]},
         "models": {name: [f"models/{r.torchscript.name}", f"models/{r.onnx.name}"] for name, r in results.items()},
     }
