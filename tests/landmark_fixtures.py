@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from landmark_classifier.src import data, model, predictor, standin
+from landmark_classifier.src import data, export, model, standin
 
 CLASSES = 3
 
@@ -18,17 +18,27 @@ def tiny_dataset(tmp_path_factory) -> data.LandmarkData:
     """3 classes x (6 train + 2 test) generated scenes in the real dataset's folder layout."""
     root = standin.generate(tmp_path_factory.mktemp("landmarks") / "landmark_images",
                             classes=CLASSES, train_per_class=6, test_per_class=2, seed=1)
-    return data.LandmarkData(root, data.validate_layout(root, CLASSES), "test fixture", True)
+    names = data.validate_layout(root, CLASSES)
+    return data.LandmarkData(root, names, "test fixture", True, counts=data.layout_counts(root, names))
 
 
 @pytest.fixture(scope="session")
-def tiny_predictor(tmp_path_factory, tiny_dataset) -> tuple[Path, torch.nn.Module]:
-    """An untrained scratch CNN exported as a TorchScript predictor, and its eager twin."""
+def tiny_export(tmp_path_factory, tiny_dataset) -> export.Exported:
+    """An untrained scratch CNN exported as the deployable pair (ONNX + TorchScript)."""
     torch.manual_seed(0)
     cnn = model.LandmarkCNN(CLASSES, (8, 16), dropout=0.0).eval()
-    args = (tiny_dataset.class_names, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], 73, 64)
-    path, _ = predictor.export(cnn, *args, tmp_path_factory.mktemp("predictor") / "predictor.pt")
-    return path, predictor.Predictor(cnn, *args).eval()
+    preprocessing = export.Preprocessing(73, 64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), mirror=True)
+    exported = export.export_predictor(cnn, preprocessing, tiny_dataset.class_names,
+                                       tmp_path_factory.mktemp("predictor"), model_name="tiny test CNN",
+                                       training_run={"profile": "test"}, display_names=tiny_dataset.display_names)
+    exported.eager = export.ServingModel(cnn, preprocessing, tiny_dataset.class_names).eval()
+    return exported
+
+
+@pytest.fixture(scope="session")
+def tiny_predictor(tiny_export) -> tuple[Path, torch.nn.Module]:
+    """(path of the exported ONNX predictor, its eager twin)."""
+    return tiny_export.onnx_path, tiny_export.eager
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:

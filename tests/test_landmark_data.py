@@ -12,9 +12,10 @@ from tests.landmark_fixtures import CLASSES, tiny_dataset  # noqa: F401 (fixture
 
 
 def test_validate_layout_accepts_the_fixture_and_names_each_problem(tiny_dataset, tmp_path):
-    assert len(data.validate_layout(tiny_dataset.root, CLASSES)) == CLASSES
+    assert len(data.validate_layout(tiny_dataset.root)) == CLASSES  # any number of classes >= 2
+    assert data.layout_counts(tiny_dataset.root, tiny_dataset.class_names) == {"train": 18, "test": 6}
     with pytest.raises(ValueError, match="has 3 class folders, expected 50"):
-        data.validate_layout(tiny_dataset.root)
+        data.validate_layout(tiny_dataset.root, 50)
     broken = tmp_path / "broken"
     shutil.copytree(tiny_dataset.root, broken)
     shutil.rmtree(broken / "test" / tiny_dataset.class_names[0])
@@ -37,9 +38,59 @@ def test_empty_class_folder_is_named(tiny_dataset, tmp_path):
 
 
 def test_a_broken_real_folder_is_an_error_not_a_silent_fallback(tmp_path):
-    standin.generate(tmp_path / data.FOLDER, classes=2, train_per_class=1, test_per_class=1)
-    with pytest.raises(ValueError, match="has 2 class folders, expected 50"):
+    standin.generate(tmp_path / data.FOLDER, classes=1, train_per_class=1, test_per_class=1)
+    with pytest.raises(ValueError, match="has 1 class folder.*at least 2"):
         data.locate(tmp_path, allow_download=False)
+
+
+def test_display_names_come_from_the_folder_names():
+    assert data.display_name("06.Niagara_Falls") == "Niagara Falls"
+    assert data.display_name("11.Sydney_Opera_House") == "Sydney Opera House"
+    assert data.display_name("Stonehenge") == "Stonehenge" and data.display_name("07") == "07"
+    assert data.display_name("08.St._Peter's_Basilica") == "St. Peter's Basilica"
+
+
+def test_the_dataset_parameter_names_any_folder_in_the_layout(tmp_path, capsys):
+    standin.generate(tmp_path / "my_landmarks", classes=2, train_per_class=2, test_per_class=1)
+    standin.generate(tmp_path / data.GLDV2_FOLDER, classes=3, train_per_class=1, test_per_class=1)
+    found = data.locate(tmp_path, dataset="my_landmarks", allow_download=False)
+    assert not found.stand_in and found.root == tmp_path / "my_landmarks" and len(found.class_names) == 2
+    assert found.counts == {"train": 4, "test": 2} and "real photos from my_landmarks/" in found.source
+    assert "2 classes, 4 train / 2 test images" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="DATASET='nowhere'.*is not a folder"):
+        data.locate(tmp_path, dataset="nowhere")
+
+
+def test_without_the_udacity_set_gldv2_comes_before_the_stand_in(tmp_path):
+    standin.generate(tmp_path / data.GLDV2_FOLDER, classes=3, train_per_class=1, test_per_class=1)
+    found = data.locate(tmp_path, allow_download=False)
+    assert not found.stand_in and found.name == data.GLDV2_FOLDER and "not the Udacity 50" in found.source
+    standin.generate(tmp_path / data.FOLDER, classes=2, train_per_class=1, test_per_class=1)
+    assert data.locate(tmp_path, allow_download=False).name == data.FOLDER  # the Udacity set comes first
+
+
+def test_unreadable_images_are_skipped_with_a_warning_naming_them(tiny_dataset, tmp_path):
+    import shutil
+
+    broken = tmp_path / "with_bad_file"
+    shutil.copytree(tiny_dataset.root, broken)
+    bad = broken / "train" / tiny_dataset.class_names[0] / "zz_truncated.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not a whole jpeg")
+    landmarks = data.LandmarkData(broken, tiny_dataset.class_names, "test", True)
+    with pytest.warns(UserWarning, match="zz_truncated.jpg"):
+        splits = data.load_splits(landmarks, 32, tmp_path / "cache", valid_fraction=1 / 3)
+    assert len(splits.train[1]) + len(splits.valid[1]) == 18 and len(splits.skipped) == 1
+    assert str(bad) in splits.skipped[0]
+
+
+def test_a_phone_sized_jpeg_is_decoded_at_reduced_scale(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "phone.jpg"
+    Image.new("RGB", (4032, 3024), (200, 30, 30)).save(path, quality=80)
+    image = data.open_reduced(path, 64)
+    assert 128 <= min(image.size) < 3024 and image.mode == "RGB"
+    assert data.square_uint8(image, 64).shape == (3, 64, 64)
 
 
 def test_offline_falls_back_loudly_to_the_labelled_stand_in(tmp_path, monkeypatch, capsys):

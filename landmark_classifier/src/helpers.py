@@ -1,8 +1,8 @@
-"""What the three notebooks share: budgets per profile, where models go, the shared metrics.json.
+"""What the notebooks share: budgets per profile, where models go, the shared metrics.json.
 
-Budgets depend on the data: on the real dataset `full` is the run of record (the issue's
-targets: scratch CNN >= 65% in under 60 minutes, transfer >= 88% in under 10, on 2 CPU cores);
-on the small generated stand-in every profile is kept to minutes.
+Budgets depend on the data. On real photos `full` is the run of record (the issue's targets on 2
+CPU cores: transfer >= 99% test accuracy in under 10 minutes, scratch CNN >= 85% in under 30);
+on the small generated stand-in every profile is kept to minutes; `tiny` (the tests) to seconds.
 """
 from __future__ import annotations
 
@@ -13,13 +13,24 @@ from typing import Any
 
 from common import paths, report
 from landmark_classifier.src.data import LandmarkData
+from landmark_classifier.src.transfer import FinetuneConfig, TransferConfig
 
 PROJECT = "landmark_classifier"
-TITLE = "Landmark classification (CNN from scratch, transfer learning, TorchScript predictor)"
+TITLE = "Landmark classification (CNN from scratch, transfer learning, ONNX predictor)"
 PROJECT_DIR = paths.REPO_ROOT / PROJECT
-CACHE_DIR = PROJECT_DIR / ".cache"  # decoded-image caches (git-ignored)
-PREDICTOR_FILE = "landmark_predictor.pt"
+CACHE_DIR = PROJECT_DIR / ".cache"  # decoded-image and activation caches (git-ignored)
+PREDICTOR_STEM = "landmark_predictor"  # .onnx (served) and .pt (TorchScript, the seed's format)
+PREDICTOR_FILE = f"{PREDICTOR_STEM}.onnx"
+COMMITTED_PREDICTOR = PROJECT_DIR / "models" / PREDICTOR_FILE
 PROFILES = ("tiny", "quick", "full")
+
+
+def exported_dir(report_dir: str | os.PathLike) -> Path:
+    """Where a run exports its predictor: `REPORT_DIR/models/`. The runner copies it into
+    `landmark_classifier/models/` (committed) only for the run of record (full profile, real data)."""
+    folder = Path(report_dir) / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def models_dir(profile: str) -> Path:
@@ -37,7 +48,7 @@ def check_profile(profile: str) -> None:
 
 @dataclass(frozen=True)
 class ScratchConfig:
-    image_size: int
+    image_size: int  # the training crop
     widths: tuple[int, ...]
     blocks_per_stage: int
     dropout: float
@@ -49,27 +60,13 @@ class ScratchConfig:
     optimizer: str = "adamw"
     schedule: str = "onecycle"
     trivial_augment: bool = True
+    mirror_eval: bool = True  # validate, test and serve on the mean of the image's and its mirror's logits
 
     @property
     def resize_size(self) -> int:
         """The short side images are decoded (and, in the predictor, resized) to before the centre crop."""
-        return round(self.image_size * 256 / 224)
+        return round(self.image_size * 8 / 7)
 
-
-@dataclass(frozen=True)
-class TransferConfig:
-    backbones: tuple[str, ...]
-    head_epochs: int
-    head_lr: float
-    finetune_epochs: int
-    trainable_stages: int
-    finetune_lr: float
-    batch_size: int = 32
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.1
-
-
-ALL_BACKBONES = ("efficientnet_lite0", "resnet18", "efficientnet_b0", "convnext_tiny")
 
 _SCRATCH = {
     # (profile, stand_in) -> config. On the stand-in TrivialAugment is off: it costs more CPU per
@@ -78,21 +75,23 @@ _SCRATCH = {
     ("quick", True): ScratchConfig(64, (24, 48, 96, 192), 1, 0.2, 8, 32, 3e-3, 0.05, 0.1, trivial_augment=False),
     ("full", True): ScratchConfig(80, (32, 64, 128, 256), 1, 0.2, 30, 32, 3e-3, 0.05, 0.1, trivial_augment=False),
     ("tiny", False): ScratchConfig(64, (8, 16, 32), 1, 0.1, 1, 32, 3e-3, 1e-4, 0.0),
-    ("quick", False): ScratchConfig(112, (32, 64, 128, 256), 1, 0.3, 6, 64, 3e-3, 0.05, 0.1),
-    # Not yet run on the real data here (it is not available): sized from throughput measured on
-    # the stand-in to fit the issue's 60-minute budget on 2 cores; the 65% target is unverified.
-    ("full", False): ScratchConfig(128, (32, 64, 128, 256), 1, 0.3, 35, 64, 3e-3, 0.05, 0.1),
+    ("quick", False): ScratchConfig(96, (32, 64, 128, 256), 1, 0.3, 10, 32, 3e-3, 0.05, 0.1),
+    # 112 px crops of photos decoded once at 128 px: ~50 s an epoch on 2 busy cores
+    ("full", False): ScratchConfig(112, (32, 64, 128, 256), 1, 0.3, 40, 32, 3e-3, 0.05, 0.1),
 }
 
+LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 _TRANSFER = {
-    # Fine-tuning on the stand-in's 288 training images has not beaten the frozen backbone (measured:
-    # 0.944 -> 0.944 validation accuracy at lr 1e-4, lower at 3e-4); it runs to show the path works.
-    ("tiny", True): TransferConfig(("efficientnet_lite0",), 10, 3e-3, 1, 1, 1e-4, batch_size=16),
-    ("quick", True): TransferConfig(ALL_BACKBONES, 40, 3e-3, 0, 0, 1e-4),
-    ("full", True): TransferConfig(ALL_BACKBONES, 60, 3e-3, 1, 2, 1e-4),
-    ("tiny", False): TransferConfig(("efficientnet_lite0",), 5, 3e-3, 0, 0, 1e-4),
-    ("quick", False): TransferConfig(ALL_BACKBONES, 40, 3e-3, 0, 0, 1e-4),
-    ("full", False): TransferConfig(ALL_BACKBONES, 60, 3e-3, 1, 2, 1e-4),
+    # The cached pass makes fine-tuning the last blocks cheap (seconds per epoch on 2 cores).
+    ("tiny", True): TransferConfig(("efficientnet_lite0",), 1, (1.0,), FinetuneConfig(epochs=1, lr=3e-4, batch_size=16)),
+    ("quick", True): TransferConfig(("efficientnet_lite0",), 2, (0.3, 1.0), FinetuneConfig(epochs=4, lr=3e-4)),
+    ("full", True): TransferConfig(LITE, 2, (0.3, 1.0, 3.0, 10.0), FinetuneConfig(epochs=8, lr=3e-4),
+                                   budget_seconds=600),
+    ("tiny", False): TransferConfig(("efficientnet_lite0",), 1, (1.0,), FinetuneConfig(epochs=1, lr=3e-4)),
+    ("quick", False): TransferConfig(("efficientnet_lite0",), 2, (1.0, 3.0), FinetuneConfig(epochs=4, lr=3e-4)),
+    # the issue's budget: 10 minutes on 2 cores for the comparison (the chosen model's training is less)
+    ("full", False): TransferConfig(LITE, 2, (0.3, 1.0, 3.0, 10.0), FinetuneConfig(epochs=3, lr=3e-4),
+                                    budget_seconds=600),
 }
 
 
@@ -112,6 +111,12 @@ def standin_size(profile: str) -> str:
     return "small" if profile == "tiny" else "standard"
 
 
+def data_summary(data: LandmarkData) -> dict[str, Any]:
+    """What metrics.json (and so the README) says about the data a run used."""
+    return {"source": data.source, "stand_in": data.stand_in, "note": data.note, "dataset": data.name,
+            "classes": len(data.class_names), "images": data.counts or {}}
+
+
 def update_metrics(report_dir: str | os.PathLike, *, profile: str, data: LandmarkData,
                    summary: dict[str, Any] | None = None, tables: list[dict] | None = None,
                    figures: list[dict] | None = None, **sections: Any) -> Path:
@@ -125,8 +130,7 @@ def update_metrics(report_dir: str | os.PathLike, *, profile: str, data: Landmar
         metrics = report.read_metrics(folder)
         if metrics.get("profile") != profile:
             metrics = {}
-    metrics.update(project=PROJECT, title=TITLE, profile=profile,
-                   data={"source": data.source, "stand_in": data.stand_in, "note": data.note})
+    metrics.update(project=PROJECT, title=TITLE, profile=profile, data=data_summary(data))
     metrics.setdefault("summary", {}).update(summary or {})
     for key, new in (("tables", tables or []), ("figures", figures or [])):
         titles = {item["title"] for item in new}

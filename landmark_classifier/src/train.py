@@ -60,29 +60,36 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, op
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device,
-            desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels over `loader`, on the CPU."""
+def predict(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "predict",
+            mirror: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels over `loader`, on the CPU; with `mirror`, the mean of the logits for each
+    image and its mirror image (as the exported predictor computes them)."""
     model.eval()
     logits, labels = [], []
     for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, disable=len(loader) < BATCH_BAR_MIN):
-        logits.append(model(images.to(device)).float().cpu())
+        images = images.to(device)
+        if mirror:
+            both = model(torch.cat([images, images.flip(3)])).float()
+            logits.append(((both[:len(images)] + both[len(images):]) / 2).cpu())
+        else:
+            logits.append(model(images).float().cpu())
         labels.append(targets)
     return torch.cat(logits), torch.cat(labels)
 
 
 def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, device: torch.device,
-             desc: str = "validate") -> tuple[float, float]:
+             desc: str = "validate", mirror: bool = False) -> tuple[float, float]:
     """Mean loss and accuracy over `loader`."""
-    logits, labels = predict(model, loader, device, desc)
+    logits, labels = predict(model, loader, device, desc, mirror)
     return loss_fn(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
 
 
 def fit(model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, *, loss_fn: nn.Module,
         optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None,
         epochs: int, device: torch.device, checkpoint_dir: Path | None = None, resume: bool = False,
-        desc: str = "epochs") -> History:
-    """Train for `epochs` epochs in all (a resumed run does only the remaining ones)."""
+        desc: str = "epochs", mirror: bool = False) -> History:
+    """Train for `epochs` epochs in all (a resumed run does only the remaining ones); `mirror`
+    validates on the mean of the logits for each image and its mirror."""
     model.to(device)
     history, start, best_loss = History(), 0, float("inf")
     last = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
@@ -103,7 +110,7 @@ def fit(model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, *,
         started = time.perf_counter()
         train_loss, rates = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, device,
                                             desc=f"epoch {epoch + 1}/{epochs}")
-        valid_loss, valid_acc = evaluate(model, valid_loader, loss_fn, device)
+        valid_loss, valid_acc = evaluate(model, valid_loader, loss_fn, device, mirror=mirror)
         history.train_loss.append(round(train_loss, 5))
         history.valid_loss.append(round(valid_loss, 5))
         history.valid_accuracy.append(round(valid_acc, 5))
