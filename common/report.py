@@ -169,11 +169,16 @@ def render_app_screenshot(folder: Path, report_dir_rel: str) -> str:
     record = json.loads(record_path.read_text())
     timings = ", ".join(f"{what} **{seconds:.2f} s**" for what, seconds in record["median_seconds"].items())
     answer = record["answer"].splitlines()[0] if record.get("answer") else "n/a"
+    cpu = record.get("median_cpu_seconds", {})
+    cpu_text = (" CPU time of all its processes (browser, server, kernels), median: "
+                + ", ".join(f"{what} {seconds:.2f} s" for what, seconds in cpu.items()) + ".") if cpu else ""
+    model = record.get("model", {}).get("model_name")
     return "\n".join([
         "", "#### The app page", "",
         f"![The app answering a real photo ({record['photo']})]({report_dir_rel}/{image.name})", "",
-        f"Answer shown: {answer}. Measured by `{record['command']}` in {record['browser']}, "
-        f"{record['measured_at']}, {record['machine']}; median of {record['runs']} page views: {timings}.",
+        f"Answer shown: {answer}" + (f" (model: {model})" if model else "") + ". "
+        f"Measured by `{record['command']}` in {record['browser']}, {record['measured_at']}, "
+        f"{record['machine']}; median of {record['runs']} runs: {timings}.{cpu_text}",
     ]) + "\n"
 
 

@@ -236,12 +236,14 @@ def test_the_readme_report_shows_the_screenshot_and_its_timings(tmp_path):
         "photo": "landmark_gldv2/test/00.Eiffel_Tower/a.jpg", "answer": "a.jpg: Eiffel Tower (97.0%)\nTop 5",
         "command": "python -m landmark_classifier.src.app_screenshot", "browser": "headless Chromium",
         "measured_at": "2026-11-22 05:00 UTC", "machine": "2 CPU cores", "runs": 5,
-        "median_seconds": {"page interactive": 2.5, "upload -> result": 0.31}}))
+        "median_seconds": {"page interactive": 2.5, "upload -> result": 0.31},
+        "median_cpu_seconds": {"page interactive": 4.2}, "model": {"model_name": "lite0 + head"}}))
     text = report.render_app_screenshot(folder, "reports/landmark_classifier")
     assert "![The app answering a real photo (landmark_gldv2/test/00.Eiffel_Tower/a.jpg)]" \
            "(reports/landmark_classifier/app_screenshot.png)" in text
     assert "a.jpg: Eiffel Tower (97.0%)" in text and "page interactive **2.50 s**" in text
-    assert "upload -> result **0.31 s**" in text and "median of 5 page views" in text
+    assert "upload -> result **0.31 s**" in text and "median of 5 runs" in text
+    assert "(model: lite0 + head)" in text and "median: page interactive 4.20 s." in text
 
 
 @pytest.mark.slow
