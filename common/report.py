@@ -162,23 +162,23 @@ def render_glance(reports_root: Path, projects: Iterable[str], readme_dir: Path)
 def render_app_screenshot(folder: Path, report_dir_rel: str) -> str:
     """A project's app page as a real browser showed it, when its report folder has one:
     `app_screenshot.png` and the record beside it, `app_screenshot.json` (the photo, the answer,
-    median timings; written by e.g. `python -m landmark_classifier.src.app_screenshot`)."""
+    timings; written by e.g. `python -m landmark_classifier.src.app_screenshot`)."""
     image, record_path = folder / "app_screenshot.png", folder / "app_screenshot.json"
     if not (image.exists() and record_path.exists()):
         return ""
     record = json.loads(record_path.read_text())
-    timings = ", ".join(f"{what} **{seconds:.2f} s**" for what, seconds in record["median_seconds"].items())
     answer = record["answer"].splitlines()[0] if record.get("answer") else "n/a"
-    cpu = record.get("median_cpu_seconds", {})
-    cpu_text = (" CPU time of all its processes (browser, server, kernels), median: "
-                + ", ".join(f"{what} {seconds:.2f} s" for what, seconds in cpu.items()) + ".") if cpu else ""
     model = record.get("model", {}).get("model_name")
+    worst, cpu = record.get("max_seconds", {}), record.get("median_cpu_seconds", {})
+    rows = [[what, seconds, worst.get(what), cpu.get(what)] for what, seconds in record["median_seconds"].items()]
+    spec = {"columns": ["in the browser", f"median of {record['runs']} (s)", "worst (s)",
+                        "CPU of all processes, median (s)"], "rows": rows}
     return "\n".join([
         "", "#### The app page", "",
         f"![The app answering a real photo ({record['photo']})]({report_dir_rel}/{image.name})", "",
         f"Answer shown: {answer}" + (f" (model: {model})" if model else "") + ". "
-        f"Measured by `{record['command']}` in {record['browser']}, {record['measured_at']}, "
-        f"{record['machine']}; median of {record['runs']} runs: {timings}.{cpu_text}",
+        f"Measured by `{record['command']}` in {record['browser']}; {record['measured_at']}, {record['machine']}.",
+        "", _markdown_table(spec),
     ]) + "\n"
 
 

@@ -241,9 +241,9 @@ def test_the_readme_report_shows_the_screenshot_and_its_timings(tmp_path):
     text = report.render_app_screenshot(folder, "reports/landmark_classifier")
     assert "![The app answering a real photo (landmark_gldv2/test/00.Eiffel_Tower/a.jpg)]" \
            "(reports/landmark_classifier/app_screenshot.png)" in text
-    assert "a.jpg: Eiffel Tower (97.0%)" in text and "page interactive **2.50 s**" in text
-    assert "upload -> result **0.31 s**" in text and "median of 5 runs" in text
-    assert "(model: lite0 + head)" in text and "median: page interactive 4.20 s." in text
+    assert "a.jpg: Eiffel Tower (97.0%) (model: lite0 + head)" in text
+    assert "| in the browser | median of 5 (s) | worst (s) | CPU of all processes, median (s) |" in text
+    assert "| page interactive | 2.5 | n/a | 4.2 |" in text and "| upload -> result | 0.31 | n/a | n/a |" in text
 
 
 @pytest.mark.slow

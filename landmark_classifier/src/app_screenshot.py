@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="screenshot (default: %(default)s)")
     parser.add_argument("--runs", type=int, default=5, help="page views to time (default: %(default)s)")
     parser.add_argument("--model", default=None, help="ONNX predictor (default: the committed one)")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="then regenerate the README report from reports/ (as the runner does after a run "
+                             "of record), so that it shows the new screenshot")
     args = parser.parse_args(argv)
     try:
         photo = args.photo or default_photo()
@@ -207,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {key}: {value:.2f} s median of {args.runs}, max {record['max_seconds'][key]:.2f} s"
               + (f"; {cpu:.2f} CPU seconds (all processes, median)" if cpu is not None else ""))
     print(f"  {record['machine']}")
+    if args.update_readme:
+        from common import paths, report, run
+
+        report.update_readme(paths.REPO_ROOT / "README.md", paths.REPO_ROOT / "reports", list(run.load_projects()))
+        print("report section of README.md regenerated")
     return 0
 
 
