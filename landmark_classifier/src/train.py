@@ -16,6 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from common import paths
+
 # Per-batch progress bars only for loaders long enough to watch; shorter epochs get the epoch bar
 # alone (in a notebook every bar is a widget, and hundreds of them bury the output).
 BATCH_BAR_MIN = 50
@@ -101,7 +103,7 @@ def fit(model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, *,
         if scheduler is not None and state["scheduler"] is not None:
             scheduler.load_state_dict(state["scheduler"])
         history, start, best_loss = History(**state["history"]), state["epoch"], state["best_valid_loss"]
-        print(f"resumed from {last} after epoch {start}")
+        print(f"resumed from {paths.display(last)} after epoch {start}")
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if best is not None and best.exists() and start > 0:
         best_state = torch.load(best, map_location=device)
