@@ -122,7 +122,7 @@ def update_queue(path: str | Path, low: CapturedImages) -> pd.DataFrame:
                     "predicted_label": row["predicted_label"], "confidence": round(float(row["confidence"]), 4),
                     "image": image_path.relative_to(path.parent).as_posix(), "label": ""})
     if new:
-        queue = pd.concat([queue, pd.DataFrame(new)], ignore_index=True)
+        queue = pd.DataFrame(new) if queue.empty else pd.concat([queue, pd.DataFrame(new)], ignore_index=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     queue.reindex(columns=QUEUE_COLUMNS).to_csv(path, index=False)
     return queue
@@ -193,8 +193,8 @@ def retrain(captures_location: str | Path, *, train_images: np.ndarray, train_la
     for i in np.flatnonzero(human):
         labels[i] = CLASSES.index(labelled[decoded.rows["event_id"].iloc[i]])
     use = confident | human
-    log.info("retraining on %d training + %d captured images (%d pseudo-labelled, %d labelled by a person)",
-             len(train_images), int(use.sum()), int((confident & ~human).sum()), int(human.sum()))
+    log.info("retraining on the %d training images (validation split kept) + %d captured images (%d pseudo-labelled, "
+             "%d labelled by a person)", len(train_images), int(use.sum()), int((confident & ~human).sum()), int(human.sum()))
 
     started = time.perf_counter()
     result = model.train(train_images, train_labels, config, cache_dir=cache_dir,
