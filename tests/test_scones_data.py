@@ -1,9 +1,12 @@
 """Data staging (CIFAR-100 extraction on a tiny generated tarball, .lst files, stand-in, upload); monitoring helpers."""
 from __future__ import annotations
 
+import functools
 import io
 import pickle
 import tarfile
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 import numpy as np
@@ -47,12 +50,19 @@ def test_a_tarball_without_the_python_batches_is_named(tmp_path):
 
 
 def test_download_checks_the_md5(tmp_path, monkeypatch):
-    fake = tmp_path / "cifar-100-python.tar.gz"
-    fake.write_bytes(b"not the real file")
-    monkeypatch.setattr(data, "fetch", lambda *a, **k: fake)
-    with pytest.raises(ValueError, match="checksum mismatch .* expected eb9058c3a382ffc7106e4002c42a8d85"):
-        data.download_cifar(tmp_path)
-    assert not fake.exists()
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "cifar-100-python.tar.gz").write_bytes(b"not the real file")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(served)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setattr(data, "CIFAR_URL", f"http://127.0.0.1:{httpd.server_address[1]}/cifar-100-python.tar.gz")
+    try:
+        with pytest.raises(ValueError, match="checksum mismatch .* expected md5:eb9058c3a382ffc7106e4002c42a8d85"):
+            data.download_cifar(tmp_path / "raw")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert not (tmp_path / "raw" / "cifar-100-python.tar.gz").exists()
 
 
 def test_offline_staging_falls_back_to_a_labelled_stand_in(tmp_path, monkeypatch):

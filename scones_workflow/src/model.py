@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.backbones import Backbone, load_backbone
+from common.torchkit import train_mode
 from common.serving import export_onnx, load_onnx
 
 from .data import CLASSES
@@ -122,10 +123,7 @@ class SconesNet(nn.Module):
         """Train mode (dropout, drop connect) with every BatchNorm on its ImageNet statistics: with
         batches of 32 and this library's momentum of 0.01, re-estimated statistics lag the weights
         for epochs, and evaluation then sees a different network than training did."""
-        self.train(training)
-        for layer in self.modules():
-            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-                layer.eval()
+        train_mode(self, training, eval_batch_norm="all")
 
 
 class _Trunk(nn.Module):
