@@ -130,7 +130,7 @@ def test_capture_writer_keeps_records_when_a_write_fails(tmp_path, monkeypatch):
     writer.record(png_bytes(), "image/png", "[0.9, 0.1]")
     real_write = capture.s3io.write_jsonl
     monkeypatch.setattr(capture.s3io, "write_jsonl", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
-    assert writer.flush() == 0 and writer.pending() == 1
+    assert writer.flush() == 0 and writer.records_written == 0  # nothing written, the record kept
     monkeypatch.setattr(capture.s3io, "write_jsonl", real_write)
     writer.close()
     assert len(monitor.read_captures(tmp_path)) == 1
@@ -190,7 +190,7 @@ def test_server_stop_flushes_pending_captures(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    assert writer.pending() == 5
+    assert writer.records_written == 0  # all five still buffered
     server.stop()
     assert len(monitor.read_captures(tmp_path)) == 5
 

@@ -115,10 +115,6 @@ class CaptureWriter:
             self.records_written += written
             return written
 
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._buffer)
-
     def _flush_periodically(self, seconds: float) -> None:
         while not self._stop.wait(seconds):
             self.flush()

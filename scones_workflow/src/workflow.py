@@ -166,13 +166,6 @@ class LocalWorkflow:
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
         return key
 
-    def upload_folder(self, folder: Path, prefix: str = "") -> list[str]:
-        """Every file under `folder` to `prefix/<relative path>`; returns the keys."""
-        keys = []
-        for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-            keys.append(self.put_image(f"{prefix}{path.relative_to(folder).as_posix()}", path.read_bytes()))
-        return keys
-
     # ------------------------------------------------------------------ executions
     def start(self, key: str, bucket: str | None = None) -> str:
         event = {"image_data": "", "s3_bucket": bucket or self.bucket, "s3_key": key}
