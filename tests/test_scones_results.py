@@ -44,6 +44,7 @@ def test_metrics_carry_every_measured_part_and_survive_json(tmp_path):
     metrics = results.build_metrics(**_inputs(tmp_path))
     summary = metrics["summary"]
     assert summary["test accuracy"] == 0.985 and summary["executions succeeded"] == 2
+    assert metrics["headline"]["value"].startswith("98.5% (")  # the front page's number is the run's
     assert summary["accuracy of passed inferences"] == 0.5 and summary["train seconds"] == 12.3
     assert summary["alarm"].startswith("ALARM: low-confidence rate 25.0%") and summary["monitor --check exit code"] == 1
     assert summary["retraining: promoted"] is True and summary["retraining: captured images used"] == 8
@@ -63,3 +64,4 @@ def test_metrics_without_load_or_retraining(tmp_path):
     inputs.update(load={}, retraining=None, benchmark=[])
     metrics = results.build_metrics(**inputs)
     assert metrics["retraining"] is None and "load: executions per second" not in metrics["summary"]
+

@@ -172,7 +172,7 @@ def stage(data_dir: Path, *, download: bool = True) -> SconesData:
     data_dir = Path(data_dir)
     real = data_dir / "scones"
     if (real / "train.lst").is_file() and (real / "test.lst").is_file():
-        return open_folder(real, f"CIFAR-100 bicycles and motorcycles ({real})", stand_in=False)
+        return open_folder(real, "CIFAR-100 bicycles and motorcycles (DATA_DIR/scones)", stand_in=False)
     if download:
         try:
             tarball = download_cifar(data_dir / "cifar-100")
@@ -180,7 +180,7 @@ def stage(data_dir: Path, *, download: bool = True) -> SconesData:
             log.warning("CIFAR-100 unavailable, using the generated stand-in: %s", err)
         else:
             cifar_to_scones(tarball, real)
-            return open_folder(real, f"CIFAR-100 bicycles and motorcycles, extracted to {real}", stand_in=False)
+            return open_folder(real, "CIFAR-100 bicycles and motorcycles, extracted to DATA_DIR/scones", stand_in=False)
     stand_in = data_dir / "scones_stand_in"
     if not (stand_in / "test.lst").is_file():
         generate_stand_in(stand_in)
