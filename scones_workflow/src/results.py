@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common import report
+from common import paths, report
 
 FIGURE_TITLES = {
     "sample_images.png": "Training images",
@@ -60,7 +60,8 @@ def build_metrics(*, profile: str, backend: str, data: dict, model: dict, test: 
               report.table("Class-share drift (earlier vs later half)", drift[0])]
     retrain_record = None
     if retraining is not None:
-        retrain_record = asdict(retraining)
+        retrain_record = {k: paths.display(v) if k.endswith("_path") and v else v
+                          for k, v in asdict(retraining).items()}  # no path of this machine in the record
         summary.update({"retraining: captured images used": retraining.pseudo_labelled + retraining.human_labelled,
                         "retraining: candidate test accuracy": _round(retraining.candidate_accuracy),
                         "retraining: production test accuracy": _round(retraining.current_accuracy),
@@ -103,7 +104,7 @@ def build_metrics(*, profile: str, backend: str, data: dict, model: dict, test: 
         "summary": summary,
         "tables": tables,
         "figures": figures,
-        "load": load,
+        "load": {k: paths.display(v) if k == "capture_dir" else v for k, v in (load or {}).items()},
         "benchmark": benchmark,
         "retraining": retrain_record,
         "alarm": {"in_alarm": alarm.in_alarm, "rate": _round(alarm.rate), "max_rate": alarm.max_rate,
