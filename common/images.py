@@ -84,6 +84,8 @@ def _open(source: Any, label: str) -> Image.Image:
         raise ImageError(f"{label}: not an image (PIL cannot identify the format)") from None
     except Image.DecompressionBombError as err:
         raise ImageError(f"{label}: image too large: {err}") from None
+    except (OSError, SyntaxError) as err:  # a header cut short: PIL's "Truncated File Read" is an OSError
+        raise ImageError(f"{label}: cannot decode the image ({err})") from None
 
 
 def _flatten_alpha(image: Image.Image) -> Image.Image:

@@ -100,3 +100,19 @@ def test_pixel_limit_is_checked_before_decoding():
 def test_unknown_mode_is_a_value_error():
     with pytest.raises(ValueError, match="mode"):
         load_image(Image.new("RGB", (1, 1)), mode="CMYK")
+
+
+def test_a_jpeg_cut_inside_its_header_is_named(tmp_path):
+    import io as _io
+
+    from PIL import Image as _Image
+
+    from common.images import ImageError, load_image
+
+    buffer = _io.BytesIO()
+    _Image.new("RGB", (64, 48), "red").save(buffer, "JPEG", exif=_Image.Exif())
+    for cut in (3, 12, 40, 100):
+        path = tmp_path / f"cut{cut}.jpg"
+        path.write_bytes(buffer.getvalue()[:cut])
+        with pytest.raises(ImageError, match=f"cut{cut}.jpg"):
+            load_image(path)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from common import metrics as cm
+from common import metrics
 from common import plotting
 from common.images import load_image
 
@@ -38,9 +38,9 @@ def evaluate(logits: np.ndarray, labels: np.ndarray, display_names: list[str]) -
     probabilities = shifted / shifted.sum(1, keepdims=True)
     predicted = probabilities.argmax(1)
     k = min(5, len(display_names))
-    per_class = cm.per_class_report(labels, predicted, display_names).reset_index()
-    return Evaluation(cm.accuracy(labels, predicted), k, cm.top_k_accuracy(labels, logits, k=k),
-                      cm.confusion_matrix(labels, predicted, len(display_names)), per_class,
+    per_class = metrics.per_class_report(labels, predicted, display_names).reset_index()
+    return Evaluation(metrics.accuracy(labels, predicted), k, metrics.top_k_accuracy(labels, logits, k=k),
+                      metrics.confusion_matrix(labels, predicted, len(display_names)), per_class,
                       np.flatnonzero(predicted != labels), predicted, probabilities)
 
 
