@@ -32,10 +32,16 @@ def report_dir(project: str, value: str | os.PathLike | None = None) -> Path:
 
 
 def display(path: str | os.PathLike) -> str:
-    """`path` as a committed report should show it: relative to the repository root when inside it.
+    """`path` as a committed report should show it: relative to the repository root when inside
+    it, `DATA_DIR/...` when inside the data folder, else as given.
 
     Reports travel with the repository; the absolute path of the machine that ran them means
     nothing anywhere else (and names that machine's user)."""
     path = Path(path)
     resolved = path.resolve() if path.is_absolute() else (REPO_ROOT / path).resolve()
-    return str(resolved.relative_to(REPO_ROOT)) if resolved.is_relative_to(REPO_ROOT) else str(path)
+    if resolved.is_relative_to(REPO_ROOT):
+        return str(resolved.relative_to(REPO_ROOT))
+    data = data_dir()
+    if resolved.is_relative_to(data):
+        return str(Path("DATA_DIR") / resolved.relative_to(data))
+    return str(path)

@@ -177,6 +177,11 @@ def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: str | Path
                                     output_names=["output"], dynamic_shapes=({k: v for k, v in dims.items()},),
                                     optimize=True, verbose=False, report=False)
     model = program.model_proto
+    # The exporter records each node's Python stack trace (source paths of this machine); a
+    # deployable file needs none of it.
+    for graph_nodes in [model.graph.node, *(f.node for f in model.functions)]:
+        for node in graph_nodes:
+            del node.metadata_props[:]
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)

@@ -134,3 +134,19 @@ def test_runtime_comparison_measures_each_runtime_in_its_own_fresh_process(expor
     assert ort["serving peak RSS MB"] < 300 < ts["serving peak RSS MB"] + 300
     assert ratio["p50 ms (1 thread)"] == round(ts["p50 ms (1 thread)"] / ort["p50 ms (1 thread)"], 2)
     assert ratio["batch-4 images/s"] > 0 and ort["cold start s"] > 0
+
+
+def test_the_exported_file_names_no_path_of_this_machine(exported):
+    from common.paths import REPO_ROOT
+
+    _, path = exported
+    assert str(REPO_ROOT).encode() not in path.read_bytes()  # the exporter's stack traces are dropped
+
+
+def test_report_paths_are_relative_to_the_repository_or_the_data_folder(monkeypatch, tmp_path):
+    from common import paths
+
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    assert paths.display(paths.REPO_ROOT / "reports" / "x") == "reports/x"
+    assert paths.display(tmp_path / "scones" / "train") == "DATA_DIR/scones/train"
+    assert paths.display("/elsewhere/file") == "/elsewhere/file"

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from common import s3io
+from common import paths, s3io
 from common.images import ImageError, load_image
 
 from . import monitor
@@ -202,7 +202,7 @@ def retrain(captures_location: str | Path, *, train_images: np.ndarray, train_la
     seconds = time.perf_counter() - started
     out_dir = Path(out_dir)
     candidate_path = model.export(result.model, out_dir / "candidate.onnx", config, {
-        **(training_run or {}), "retrained_from": str(captures_location),
+        **(training_run or {}), "retrained_from": paths.display(captures_location),
         "captured_images": int(use.sum()), "val_accuracy": round(result.val_accuracy, 4)})
     candidate_acc = _accuracy(Predictor(candidate_path), test_images, test_labels)
     current_acc = _accuracy(Predictor(production_model), test_images, test_labels)
