@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from landmark_classifier.src import data, helpers, standin
+from landmark_classifier.src import config, data, results, standin
 from tests.landmark_fixtures import CLASSES, tiny_dataset  # noqa: F401 (fixture)
 
 
@@ -173,13 +173,13 @@ def test_transforms_give_normalised_float_crops_and_loaders_batch_them():
 
 
 def test_profiles_are_defined_for_both_kinds_of_data():
-    for profile in helpers.PROFILES:
+    for profile in config.PROFILES:
         for stand_in in (True, False):
-            scratch = helpers.scratch_config(profile, stand_in)
+            scratch = config.scratch_config(profile, stand_in)
             assert scratch.resize_size >= scratch.image_size and scratch.epochs >= 1
-            assert helpers.transfer_config(profile, stand_in).backbones[0] == "efficientnet_lite0"
+            assert config.transfer_config(profile, stand_in).backbones[0] == "efficientnet_lite0"
     with pytest.raises(ValueError, match="unknown profile"):
-        helpers.scratch_config("huge", True)
+        config.scratch_config("huge", True)
 
 
 def test_notebooks_share_metrics_json_by_read_modify_write(tmp_path, tiny_dataset):
@@ -188,12 +188,12 @@ def test_notebooks_share_metrics_json_by_read_modify_write(tmp_path, tiny_datase
     def table(title, value):
         return {"title": title, "columns": ["v"], "rows": [[value]]}
 
-    helpers.update_metrics(tmp_path, profile="quick", data=tiny_dataset, summary={"a": 1}, tables=[table("T1", 1)])
-    helpers.update_metrics(tmp_path, profile="quick", data=tiny_dataset, summary={"b": 2},
+    results.update_metrics(tmp_path, profile="quick", data=tiny_dataset, summary={"a": 1}, tables=[table("T1", 1)])
+    results.update_metrics(tmp_path, profile="quick", data=tiny_dataset, summary={"b": 2},
                            tables=[table("T1", 9), table("T2", 2)], app={"x": 1})
     metrics = report.read_metrics(tmp_path)
     assert metrics["summary"] == {"a": 1, "b": 2} and metrics["app"] == {"x": 1}
     assert [(t["title"], t["rows"]) for t in metrics["tables"]] == [("T1", [[9]]), ("T2", [[2]])]
     assert metrics["data"]["stand_in"] is True and metrics["profile"] == "quick"
-    helpers.update_metrics(tmp_path, profile="full", data=tiny_dataset, summary={"c": 3})
+    results.update_metrics(tmp_path, profile="full", data=tiny_dataset, summary={"c": 3})
     assert report.read_metrics(tmp_path)["summary"] == {"c": 3}  # another profile's leftovers are dropped

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from landmark_classifier.src import data, model, optimization, train
-from landmark_classifier.src.helpers import ScratchConfig
+from landmark_classifier.src.config import ScratchConfig
 
 EVAL_BATCH = 128
 

@@ -1,22 +1,21 @@
-"""What the notebooks share: budgets per profile, where models go, the shared metrics.json.
+"""The notebooks' settings: the profiles, the training budgets per profile and data kind, and where
+a run's caches and models go.
 
 Budgets depend on the data. On real photos `full` is the run of record (the issue's targets on 2
 CPU cores: transfer >= 99% test accuracy in under 10 minutes, scratch CNN >= 85% in under 30);
 on the small generated stand-in every profile is kept to minutes; `tiny` (the tests) to seconds.
+The metrics.json the notebooks share is written by `results.py`.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from common import paths, report
-from landmark_classifier.src.data import LandmarkData
+from common import paths
 from landmark_classifier.src.transfer import FinetuneConfig, TransferConfig
 
 PROJECT = "landmark_classifier"
-TITLE = "Landmark classification (CNN from scratch, transfer learning, ONNX predictor)"
 PROJECT_DIR = paths.REPO_ROOT / PROJECT
 CACHE_DIR = PROJECT_DIR / ".cache"  # decoded-image and activation caches (git-ignored)
 PREDICTOR_STEM = "landmark_predictor"  # .onnx (served) and .pt (TorchScript, the seed's format)
@@ -111,30 +110,3 @@ def standin_size(profile: str) -> str:
     check_profile(profile)
     return "small" if profile == "tiny" else "standard"
 
-
-def data_summary(data: LandmarkData) -> dict[str, Any]:
-    """What metrics.json (and so the README) says about the data a run used."""
-    return {"source": data.source, "stand_in": data.stand_in, "note": data.note, "dataset": data.name,
-            "classes": len(data.class_names), "images": data.counts or {}}
-
-
-def update_metrics(report_dir: str | os.PathLike, *, profile: str, data: LandmarkData,
-                   summary: dict[str, Any] | None = None, tables: list[dict] | None = None,
-                   figures: list[dict] | None = None, **sections: Any) -> Path:
-    """Read-modify-write the project's metrics.json: each notebook adds its own entries.
-
-    Tables and figures replace those of the same title (re-running one notebook does not
-    duplicate them); a file left by a run of another profile is started afresh."""
-    folder = Path(report_dir)
-    metrics: dict[str, Any] = {}
-    if (folder / "metrics.json").exists():
-        metrics = report.read_metrics(folder)
-        if metrics.get("profile") != profile:
-            metrics = {}
-    metrics.update(project=PROJECT, title=TITLE, profile=profile, data=data_summary(data))
-    metrics.setdefault("summary", {}).update(summary or {})
-    for key, new in (("tables", tables or []), ("figures", figures or [])):
-        titles = {item["title"] for item in new}
-        metrics[key] = [item for item in metrics.get(key, []) if item["title"] not in titles] + new
-    metrics.update(sections)
-    return report.write_metrics(folder, metrics)
