@@ -142,3 +142,41 @@ def test_parallel_fits_give_the_same_predictions(kaggle_frames):
     np.testing.assert_allclose(one.oof["registered"], two.oof["registered"])
     np.testing.assert_allclose(one.test["registered"], two.test["registered"])
     assert np.isfinite(one.oof["registered"]).all()
+
+
+def test_selection_uses_honest_scores_only():
+    """AutoGluon's own block CV is optimistic: a stage with only that score is never selected; the nested
+    score stands in for the stage that has one, and the summary states AutoGluon's optimism."""
+    covered = "2 of 3 test hours: 2011 only"
+    table = _table(covered)
+    table[results.SELECT] = [0.315, None, 0.32]  # "b" (the lowest own block CV) has no honest score
+    metrics = results.build_metrics(profile="tiny", source="src", stand_in=False, truth_source="ISLP",
+                                    covered=covered, table=table, eda_findings={}, figures=[],
+                                    submission_file="submission.csv",
+                                    nested=train_nested("a", 0.315))
+    summary = metrics["summary"]
+    assert summary["selected stage (lowest block CV RMSLE)"] == "a"
+    assert summary[f"its {results.SELECT}"] == 0.315
+    assert summary["AutoGluon's optimism: a's own block CV minus its nested one"] == pytest.approx(-0.005)
+    assert summary["gap: Kaggle-equivalent minus block CV (2 of 3 test hours: 2011 only)"] == pytest.approx(0.085)
+
+
+def train_nested(stage, cv):
+    from bike_sharing_autogluon.src.train import NestedCV
+
+    return NestedCV(stage, np.zeros(3), cv, [cv] * 4, 1.0)
+
+
+def test_honest_cv_is_the_direct_models_own_and_autogluons_nested():
+    from bike_sharing_autogluon.src import train
+
+    stages = {s.name: s for s in train.STAGES}
+
+    class Result:
+        def __init__(self, stage):
+            self.stage, self.cv_rmsle = stage, 0.3
+
+    assert results.honest_cv(Result(stages["gbm_blend"])) == 0.3
+    assert results.honest_cv(Result(stages["best_quality"])) is None
+    assert results.honest_cv(Result(stages["best_quality"]), train_nested("best_quality", 0.31)) == 0.31
+    assert results.honest_cv(Result(stages["weather_history"]), train_nested("best_quality", 0.31)) is None

@@ -77,3 +77,37 @@ def test_notebook_runs_end_to_end_in_the_tiny_profile(tmp_path):
     assert (folder / "submission.csv").read_bytes() == (folder / f"submission_{selected}.csv").read_bytes()
     for figure in metrics["figures"]:
         assert (folder / figure["path"]).stat().st_size > 1000
+
+
+def test_nested_block_cv_never_fits_on_the_block_it_scores(kaggle_frames, tmp_path, monkeypatch):
+    """Each held-out block is predicted by predictors fitted on the other blocks only, bagged over those."""
+    fit, test = kaggle_frames
+    stage = next(s for s in train.STAGES if s.name == "weather_history")
+    seen = []
+
+    class Constant:
+        def __init__(self, label, rows):
+            self.value = float(np.mean(rows[label]))
+
+        def predict(self, rows):
+            return pd.Series(self.value, index=rows.index)
+
+    def fake_fit_one(label, rows, **kwargs):
+        seen.append((label, set(rows["block"])))
+        return Constant(label, rows), {}
+
+    monkeypatch.setattr(train, "_fit_one", fake_fit_one)
+    nested = train.nested_block_cv(stage, fit, test, profile="tiny", models_dir=tmp_path)
+    assert [(label, blocks) for label, blocks in seen] == [
+        (label, {0, 1, 2, 3} - {held}) for held in range(4) for label in ("casual", "registered")]
+    assert nested.stage == "weather_history" and nested.oof_prediction.shape == (len(fit),)
+    assert (nested.oof_prediction > 0).all() and len(nested.block_rmsle) == 4 and 0 < nested.cv_rmsle < 3
+
+
+def test_nested_block_cv_with_autogluon_scores_every_hour(kaggle_frames, tmp_path):
+    fit, test = kaggle_frames
+    stage = next(s for s in train.STAGES if s.name == "log_target")
+    nested = train.nested_block_cv(stage, fit, test, profile="tiny", models_dir=tmp_path)
+    assert np.isfinite(nested.oof_prediction).all() and (nested.oof_prediction >= 0).all()
+    assert 0 < nested.cv_rmsle < 2 and nested.fit_seconds > 0
+    assert not any((tmp_path / "nested").rglob("*.pkl"))  # only the predictions are kept

@@ -6,8 +6,14 @@ Validation is block cross-validation over the days of each month (`data.block_fo
 held out of every month imitates it, and of the schemes compared on 39 finished models it ranked
 them most like the test did. Every stage gets an out-of-fold prediction for every training hour:
 AutoGluon bags its models over the same blocks (`groups`), the direct models are fitted per block.
-The pooled out-of-fold RMSLE ("block CV") compares stages and selects one; the days 15-19 block
-alone (fit on days 1-14) is the project's first validation split, reported next to it.
+The pooled out-of-fold RMSLE ("block CV") compares stages; the days 15-19 block alone (fit on
+days 1-14) is the project's first validation split, reported next to it.
+AutoGluon's out-of-fold predictions are optimistic: each fold model early-stops (and keeps its best
+iteration) on the very block it then predicts. So AutoGluon stages compare fairly with each other,
+not with the direct models, whose rounds are fixed. `nested_block_cv` scores an AutoGluon stage
+honestly: the whole stage, its own bagging included, is fitted without a block and predicts it. The
+selection compares honest scores only: the direct stages' block CV and the nested score of the
+AutoGluon stage with the best own block CV (`results.select_stage`).
 Test predictions come from models that saw all 19 days: AutoGluon's bagged models average their
 four fold models, the direct models are refit on all days. The test counts are never seen here.
 """
@@ -131,6 +137,7 @@ def search_space(trials: int, families: dict | None = None) -> tuple[dict, dict]
 
 def _fit_one(label: str, train: pd.DataFrame, *, path: Path, time_limit: float, stage: Stage, profile: dict,
              verbosity: int):
+    """One TabularPredictor, bagged with one fold per block of days in `train["block"]`."""
     from autogluon.tabular import TabularPredictor
 
     # FASTAI is not installed: autogluon's fastai extra pins torch < 2.14 (see requirements.txt).
@@ -138,7 +145,8 @@ def _fit_one(label: str, train: pd.DataFrame, *, path: Path, time_limit: float, 
     # One CPU per model and folds one after another: two OpenMP threads on these shared cores made
     # LightGBM and XGBoost 25-40x slower (`python -m bike_sharing_autogluon.benchmark`).
     kwargs: dict = {"time_limit": time_limit, "presets": stage.presets, "verbosity": verbosity,
-                    "excluded_model_types": ["FASTAI"], "num_bag_folds": len(DAY_BLOCKS), "num_bag_sets": 1,
+                    "excluded_model_types": ["FASTAI"], "num_bag_folds": int(train["block"].nunique()),
+                    "num_bag_sets": 1,
                     "ag_args_fit": {"num_cpus": 1},
                     "ag_args_ensemble": {"fold_fitting_strategy": "sequential_local"}}
     if profile["hyperparameters"] is not None:
@@ -165,13 +173,8 @@ def fit_stage(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, profile:
     if stage.libraries:
         return fit_direct_stage(stage, train, test, profile=profile, cache=cache)
     config = PROFILES[profile]
-    history = weather_history([train, test])  # inputs only: weather of every hour
-    x_train, x_test = (make_features(f, stage.features, history) for f in (train, test))
-    x_train["block"] = day_blocks(train["datetime"])
-    labels = ["casual", "registered"] if stage.target == "casual_registered" else ["count"]
-    log_space = stage.target != "count"
-    time_limit = None if config["budget"] is None else max(config["budget"] * stage.time_share / len(labels),
-                                                           config.get("min_seconds", 0))
+    x_train, x_test = _autogluon_inputs(stage, train, test)
+    labels, log_space, time_limit = _autogluon_targets(stage, config)
 
     started = time.perf_counter()
     oof_pred = np.zeros(len(train))
@@ -193,6 +196,63 @@ def fit_stage(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, profile:
     cv, per_block = block_scores(train, oof_pred)
     return StageResult(stage, pd.concat(boards, ignore_index=True), best, scores, oof_pred, cv, per_block,
                        test_pred, seconds, settings)
+
+
+def _autogluon_inputs(stage: Stage, train: pd.DataFrame, test: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    history = weather_history([train, test])  # inputs only: weather of every hour
+    x_train, x_test = (make_features(f, stage.features, history) for f in (train, test))
+    x_train["block"] = day_blocks(train["datetime"])
+    return x_train, x_test
+
+
+def _autogluon_targets(stage: Stage, config: dict) -> tuple[list[str], bool, float | None]:
+    """The labels fitted (one predictor each), whether in log1p space, and each fit's time limit."""
+    labels = ["casual", "registered"] if stage.target == "casual_registered" else ["count"]
+    time_limit = None if config["budget"] is None else max(config["budget"] * stage.time_share / len(labels),
+                                                           config.get("min_seconds", 0))
+    return labels, stage.target != "count", time_limit
+
+
+@dataclass
+class NestedCV:
+    stage: str
+    oof_prediction: np.ndarray  # `count` of every training hour, from a fit that never saw its block
+    cv_rmsle: float
+    block_rmsle: list[float]
+    fit_seconds: float
+
+
+def nested_block_cv(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, profile: str, models_dir: Path,
+                    verbosity: int = 0) -> NestedCV:
+    """An honest block CV for an AutoGluon stage: for each block of days, the stage is fitted as it is
+    for the test (same settings and time limit per fit, bagged over the remaining blocks) on the other
+    blocks and predicts the held-out one, which no model, early stopping or ensemble weight has seen.
+    Costs one stage fit per block; the run spends it on the AutoGluon stage that would be chosen."""
+    config = PROFILES[profile]
+    x_train, _ = _autogluon_inputs(stage, train, test)
+    labels, log_space, time_limit = _autogluon_targets(stage, config)
+    blocks = x_train["block"].to_numpy()
+    oof = np.zeros(len(train))
+    started = time.perf_counter()
+    for block in np.unique(blocks):
+        held = blocks == block
+        for label in labels:
+            y = train.loc[~held, label].astype(float)
+            path = models_dir / "nested" / stage.name / f"without_block_{block}" / label
+            predictor, _ = _fit_one(label, x_train[~held].assign(**{label: np.log1p(y) if log_space else y}),
+                                    path=path, time_limit=time_limit, stage=stage, profile=config,
+                                    verbosity=verbosity)
+            oof[held] += _to_counts(predictor.predict(x_train[held]), log_space)
+            shutil.rmtree(path, ignore_errors=True)  # only its predictions are kept
+    cv, per_block = block_scores(train, oof)
+    return NestedCV(stage.name, oof, cv, per_block, time.perf_counter() - started)
+
+
+def autogluon_candidate(stage_results: list[StageResult]) -> Stage | None:
+    """The AutoGluon stage with the lowest (optimistic) block CV among AutoGluon stages: the one
+    `nested_block_cv` scores for the selection. None without one."""
+    scored = [r for r in stage_results if not r.stage.libraries]
+    return min(scored, key=lambda r: r.cv_rmsle).stage if scored else None
 
 
 def fit_direct_stage(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, profile: str,
