@@ -180,3 +180,36 @@ def test_honest_cv_is_the_direct_models_own_and_autogluons_nested():
     assert results.honest_cv(Result(stages["best_quality"])) is None
     assert results.honest_cv(Result(stages["best_quality"]), train_nested("best_quality", 0.31)) == 0.31
     assert results.honest_cv(Result(stages["weather_history"]), train_nested("best_quality", 0.31)) is None
+
+
+def test_autogluon_blend_weighs_the_nested_predictions_of_the_best_autogluon_stage(kaggle_frames, tmp_path,
+                                                                                    monkeypatch):
+    """The last stage scores AutoGluon's best stage by nested block CV and blends those predictions in:
+    an AutoGluon member that predicts the training hours perfectly out of fold takes the whole weight,
+    and its test predictions are what the stage submits."""
+    fit, test, _ = kaggle_frames
+    stages = {s.name: s for s in train.STAGES}
+    truth = fit["count"].to_numpy(dtype=float)
+
+    def fake_result(name, cv, test_value):
+        return train.StageResult(stages[name], pd.DataFrame(), {}, {}, truth, cv, [cv] * 4,
+                                 np.full(len(test), test_value), 1.0)
+
+    previous = [fake_result("weather_history", 0.30, 50.0), fake_result("best_quality", 0.31, 70.0)]
+    calls = []
+
+    def fake_nested(stage, *args, **kwargs):
+        calls.append(stage.name)
+        return train.NestedCV(stage.name, truth, 0.0, [0.0] * 4, 2.0)
+
+    monkeypatch.setattr(train, "nested_block_cv", fake_nested)
+    result = train.fit_stage(stages["autogluon_blend"], fit, test, profile="tiny", models_dir=tmp_path,
+                             previous=previous)
+    assert calls == ["weather_history"]  # the AutoGluon stage with the lowest own block CV
+    assert result.nested.stage == "weather_history"
+    board = result.leaderboard.set_index("model")
+    assert board.loc["AutoGluon weather_history (nested out of fold)", "blend weight"] == pytest.approx(1, abs=0.02)
+    assert np.allclose(result.test_prediction, 50.0, rtol=0.05)
+    assert result.cv_rmsle < 0.05 and results.honest_cv(result) == result.cv_rmsle
+    with pytest.raises(ValueError, match="autogluon_blend.*AutoGluon"):
+        train.fit_stage(stages["autogluon_blend"], fit, test, profile="tiny", models_dir=tmp_path, previous=[])

@@ -11,9 +11,10 @@ days 1-14) is the project's first validation split, reported next to it.
 AutoGluon's out-of-fold predictions are optimistic: each fold model early-stops (and keeps its best
 iteration) on the very block it then predicts. So AutoGluon stages compare fairly with each other,
 not with the direct models, whose rounds are fixed. `nested_block_cv` scores an AutoGluon stage
-honestly: the whole stage, its own bagging included, is fitted without a block and predicts it. The
-selection compares honest scores only: the direct stages' block CV and the nested score of the
-AutoGluon stage with the best own block CV (`results.select_stage`).
+honestly: the whole stage, its own bagging included, is fitted without a block and predicts it.
+The last stage does that for the AutoGluon stage with the best own block CV and blends it with the
+direct models. The selection compares honest scores only: the direct stages' block CV and the
+AutoGluon stage's nested one (`results.select_stage`).
 Test predictions come from models that saw all 19 days: AutoGluon's bagged models average their
 four fold models, the direct models are refit on all days. The test counts are never seen here.
 """
@@ -44,6 +45,7 @@ class Stage:
     tune: bool = False     # hyperparameter search over GBM / CatBoost / XGBoost, as the seed
     libraries: tuple[str, ...] = ()  # direct models (gbm.LIBRARIES) instead of AutoGluon; blended when several
     seeds: int = 1         # direct models: seeds averaged per library
+    with_autogluon: bool = False  # direct models: AutoGluon's best stage so far joins the blend (nested OOF)
 
 
 STAGES = [
@@ -66,6 +68,9 @@ STAGES = [
           "out-of-fold block predictions", "weather", "casual_registered", 0.0, libraries=gbm.LIBRARIES),
     Stage("seed_average", "+ each library averaged over 3 seeds before blending", "weather", "casual_registered",
           0.0, libraries=gbm.LIBRARIES, seeds=3),
+    Stage("autogluon_blend", "+ AutoGluon's best stage as a fourth blend member (weights fitted on its nested "
+          "out-of-fold predictions)", "weather", "casual_registered", 0.0, libraries=gbm.LIBRARIES, seeds=3,
+          with_autogluon=True),
 ]
 
 # budget: seconds of AutoGluon fitting over all its stages (split by time_share, then per target, at
@@ -101,6 +106,7 @@ class StageResult:
     test_prediction: np.ndarray     # predicted `count` for test.csv's rows, from models that saw all 19 days
     fit_seconds: float
     settings: dict = field(default_factory=dict)  # fit() arguments or model parameters (search spaces omitted)
+    nested: NestedCV | None = None  # the nested block CV of the AutoGluon stage this stage blends in
 
     @property
     def valid_rmsle(self) -> float:
@@ -165,11 +171,20 @@ def _fit_one(label: str, train: pd.DataFrame, *, path: Path, time_limit: float, 
 
 
 def fit_stage(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, profile: str, models_dir: Path,
-              verbosity: int = 0, cache: dict | None = None) -> StageResult:
+              verbosity: int = 0, cache: dict | None = None, previous: list[StageResult] = ()) -> StageResult:
     """Fit one stage on all training days (block CV inside); see the module docstring.
 
     `cache` ((library, seed) -> gbm.ModelRun) lets the direct-model stages share the models they
-    have in common (seed_average reuses gbm_blend's first seed)."""
+    have in common (seed_average reuses gbm_blend's first seed). `previous`: the stages fitted so
+    far, where a `with_autogluon` stage finds the AutoGluon stage to blend in."""
+    if stage.with_autogluon:
+        candidate = autogluon_candidate(list(previous))
+        if candidate is None:
+            raise ValueError(f"stage {stage.name!r} blends in an AutoGluon stage, but none was fitted before it")
+        nested = nested_block_cv(candidate.stage, train, test, profile=profile, models_dir=models_dir,
+                                 verbosity=verbosity)
+        return fit_direct_stage(stage, train, test, profile=profile, cache=cache,
+                                autogluon=(candidate, nested))
     if stage.libraries:
         return fit_direct_stage(stage, train, test, profile=profile, cache=cache)
     config = PROFILES[profile]
@@ -248,18 +263,21 @@ def nested_block_cv(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, pr
     return NestedCV(stage.name, oof, cv, per_block, time.perf_counter() - started)
 
 
-def autogluon_candidate(stage_results: list[StageResult]) -> Stage | None:
+def autogluon_candidate(stage_results: list[StageResult]) -> StageResult | None:
     """The AutoGluon stage with the lowest (optimistic) block CV among AutoGluon stages: the one
-    `nested_block_cv` scores for the selection. None without one."""
+    `nested_block_cv` scores honestly. None without one."""
     scored = [r for r in stage_results if not r.stage.libraries]
-    return min(scored, key=lambda r: r.cv_rmsle).stage if scored else None
+    return min(scored, key=lambda r: r.cv_rmsle) if scored else None
 
 
 def fit_direct_stage(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, profile: str,
-                     cache: dict | None = None) -> StageResult:
+                     cache: dict | None = None,
+                     autogluon: tuple[StageResult, NestedCV] | None = None) -> StageResult:
     """LightGBM / CatBoost / XGBoost on log1p(casual) and log1p(registered), fitted per day block
     for out-of-fold predictions and on all days for the test; several libraries are blended with
-    non-negative least-squares weights fitted on the out-of-fold predictions (`gbm.py`)."""
+    non-negative least-squares weights fitted on the out-of-fold predictions (`gbm.py`).
+    `autogluon` (an AutoGluon stage and its nested block CV) adds a blend member: its nested
+    out-of-fold predictions for the weights, its test predictions for the submission."""
     config = PROFILES[profile]
     cache = {} if cache is None else cache
     history = weather_history([train, test])
@@ -281,7 +299,14 @@ def fit_direct_stage(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, p
     y_count = np.log1p(train["count"].to_numpy(dtype=float))
     oof_log = np.column_stack([gbm.log_count(p["oof"]) for p in per_library.values()])
     test_log = np.column_stack([gbm.log_count(p["test"]) for p in per_library.values()])
-    if len(stage.libraries) > 1:
+    members = list(stage.libraries)
+    if autogluon is not None:
+        ag_result, nested = autogluon
+        members.append(f"AutoGluon {ag_result.stage.name}")
+        oof_log = np.column_stack([oof_log, np.log1p(nested.oof_prediction)])
+        test_log = np.column_stack([test_log, np.log1p(ag_result.test_prediction)])
+        seconds += nested.fit_seconds
+    if len(members) > 1:
         weights = gbm.blend_weights(oof_log, y_count)
         oof_blend = gbm.cross_fitted_blend(oof_log, y_count, folds)
     else:
@@ -291,16 +316,19 @@ def fit_direct_stage(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, p
         rows.append({"model": library, "seeds": len(seeds), "block CV RMSLE": rmsle(train["count"], oof_counts),
                      "blend weight": float(weights[i]),
                      "fit seconds": sum(cache[library, s].seconds for s in seeds)})
+    if autogluon is not None:
+        rows.append({"model": f"{members[-1]} (nested out of fold)", "seeds": 1, "block CV RMSLE": nested.cv_rmsle,
+                     "blend weight": float(weights[-1]), "fit seconds": nested.fit_seconds})
     oof_pred = np.clip(np.expm1(oof_blend), 0, None)
     test_pred = np.clip(np.expm1(test_log @ weights), 0, None)
     cv, per_block = block_scores(train, oof_pred)
-    blend = " + ".join(f"{w:.2f} {lib}" for lib, w in zip(stage.libraries, weights))
+    blend = " + ".join(f"{w:.2f} {lib}" for lib, w in zip(members, weights))
     settings = {lib: {k: v for k, v in gbm.params(lib, 0, config["gbm_rounds"]).items()
                       if k not in ("random_state", "random_seed", "verbose", "allow_writing_files")}
                 for lib in stage.libraries}
     settings["seeds"] = seeds
     return StageResult(stage, pd.DataFrame(rows), {"count": blend}, {}, oof_pred, cv, per_block, test_pred,
-                       seconds, settings)
+                       seconds, settings, nested=None if autogluon is None else autogluon[1])
 
 
 def _to_counts(prediction: pd.Series, log_space: bool) -> np.ndarray:

@@ -34,6 +34,7 @@ from common import paths
 
 from . import data, monitor
 from .capture import CaptureWriter
+from .lambdas.constants import THRESHOLD
 from .predictor import Predictor, default_model
 from .server import InferenceServer
 from .workflow import LocalWorkflow
@@ -70,7 +71,7 @@ def endpoint_throughput(url: str, images: Sequence[bytes], requests: int, concur
 
 def run_load(predict: Callable[[bytes], list[float]], images: dict[str, bytes], *, executions: int = 200,
              concurrency: int = 8, endpoint_requests: int = 200, capture_dir: Path | None = None,
-             threshold: float = 0.94) -> dict:
+             threshold: float = THRESHOLD) -> dict:
     """Run the load test; returns the numbers the report shows (and `checks_passed`).
     `capture_dir` is emptied first: the count check needs the captures of this run only."""
     capture_dir = Path(capture_dir or tempfile.mkdtemp(prefix="scones-load-"))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from .capture import CaptureWriter
+from .lambdas.constants import THRESHOLD
 from .server import InferenceServer, Variant
 from .workflow import LocalWorkflow
 
@@ -33,7 +34,7 @@ def bad_inputs(sample_png: bytes) -> dict[str, bytes | None]:
 
 
 def run_local(predict: Callable[[bytes], list[float]] | None, images: Mapping[str, bytes], *, capture_dir: Path,
-              threshold: float = 0.94, concurrency: int = 4, extra_cases: Mapping[str, bytes | None] = (),
+              threshold: float = THRESHOLD, concurrency: int = 4, extra_cases: Mapping[str, bytes | None] = (),
               variants: Mapping[str, Variant] | None = None, seed: int = 0) -> LocalRun:
     """Serve `predict` (or weighted `variants`) with data capture into `capture_dir` (emptied first), run one
     execution per image and per extra case, stop the server (flushing the captures)."""
