@@ -3,7 +3,7 @@
 The local workflow, step by step (each step also runs inside the notebook):
 
     python -m scones_workflow stage                      # DATA_DIR/scones, CIFAR-100, or the stand-in
-    python -m scones_workflow train --profile full       # fine-tune Lite2, export artifacts/full/model.onnx
+    python -m scones_workflow train --profile full       # fine-tune Lite0, export artifacts/full/model.onnx
     python -m scones_workflow serve --port 8080          # the committed ONNX model, SageMaker container contract
     python -m scones_workflow run -n 20                  # executions of the state machine (moto)
     python -m scones_workflow monitor CAPTURES           # plots, drift, variant comparison
@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint-url", help="S3 endpoint (MinIO, moto server)")
     p.set_defaults(func=cmd_stage)
 
-    p = sub.add_parser("train", help="fine-tune EfficientNet-Lite2 on the CPU, export the served ONNX model")
+    p = sub.add_parser("train", help="fine-tune EfficientNet-Lite0 on the CPU, export the served ONNX model")
     p.add_argument("--data-dir", **data_dir)
     p.add_argument("--profile", choices=["tiny", "quick", "full"], default="full", help="training budget")
     p.add_argument("--model", help="where to save (default: scones_workflow/artifacts/<profile>/model.onnx; a "

@@ -27,6 +27,8 @@ CANDIDATES = [
     ("lite2 160px split15 lr3e-4", replace(BASE, split_block=15, lr=3e-4)),
     ("lite2 160px split18 lr5e-4", replace(BASE, split_block=18, lr=5e-4)),
     ("lite2 224px split18 lr5e-4", replace(BASE, resolution=224, split_block=18, lr=5e-4)),
+    ("lite0 224px split13", replace(BASE, backbone="efficientnet_lite0", resolution=224, split_block=13, lr=1e-3)),
+    ("lite0 224px split10", replace(BASE, backbone="efficientnet_lite0", resolution=224, split_block=10, lr=1e-3)),
 ]
 
 
