@@ -12,8 +12,14 @@ import zipfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import logging
+
 import pooch
 import requests
+
+from common import paths
+
+log = logging.getLogger(__name__)
 
 
 class DownloadError(RuntimeError):
@@ -50,19 +56,27 @@ def fetch(
         raise ValueError(f"cannot infer a file name from {url}; pass filename=")
     target = dest_dir / filename
     what = what or filename
+    # pooch's own log line names the absolute target; this one names it as the user gave it (DATA_DIR/...)
+    pooch_log = pooch.get_logger()
+    level = pooch_log.level
+    if not target.is_file():
+        log.info("downloading %s from %s to %s", what, url, paths.display(target))
     try:
+        pooch_log.setLevel(logging.WARNING)
         return Path(pooch.retrieve(url, known_hash, fname=filename, path=dest_dir, progressbar=True))
     except requests.RequestException as err:
         checksum = f" (sha256 {sha256})" if sha256 else f" (md5 {md5})" if md5 else ""
         raise DownloadError(
             f"could not download {what} from {url}: {type(err).__name__}: {err}\n"
-            f"To work offline, place {filename}{checksum} in {dest_dir}/"
+            f"To work offline, place {filename}{checksum} in {paths.display(dest_dir)}/"
         ) from None  # the reason is in the message; the requests traceback is noise
     except ValueError as err:
         # With a well-formed hash, pooch raises ValueError only when the download did
         # not match (it has deleted it); a stale cached file that did not match goes too.
         target.unlink(missing_ok=True)
         raise ValueError(f"checksum mismatch for {target} from {url}: {err}") from None
+    finally:
+        pooch_log.setLevel(level)
 
 
 def extract_zip(zip_path: str | Path, dest_dir: str | Path, members: list[str] | None = None) -> list[Path]:
