@@ -23,6 +23,7 @@ __all__ = [
     "top_k_accuracy",
     "confusion_matrix",
     "per_class_report",
+    "accuracy_interval",
 ]
 
 
@@ -185,3 +186,16 @@ def per_class_report(
         {"precision": precision, "recall": recall, "f1": f1, "support": support, "accuracy": recall},
         index=index,
     )
+
+
+def accuracy_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval (scipy) of an accuracy of `correct` out of `total`: how far the accuracy
+    measured on a small evaluation set (150 validation or 200 test images) can be from the true one."""
+    from scipy.stats import binomtest
+
+    if int(total) != total or total <= 0:
+        raise ValueError(f"total must be a positive whole number of images, got {total!r}")
+    if int(correct) != correct or not 0 <= correct <= total:
+        raise ValueError(f"correct must be a whole number between 0 and total={total}, got {correct!r}")
+    interval = binomtest(int(correct), int(total)).proportion_ci(confidence, method="wilson")
+    return float(interval.low), float(interval.high)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from common import report
 from scones_workflow.src import monitor, results
@@ -65,3 +66,26 @@ def test_metrics_without_load_or_retraining(tmp_path):
     metrics = results.build_metrics(**inputs)
     assert metrics["retraining"] is None and "load: executions per second" not in metrics["summary"]
 
+
+
+def test_validation_and_test_are_compared_with_their_intervals(tmp_path):
+    inputs = _inputs(tmp_path)
+    inputs["model"].update(val_accuracy=0.98, val_images=150, epochs=5)
+    inputs["test"].update(accuracy=0.95, n=200)
+    line = results.build_metrics(**inputs)["summary"]["validation vs test (95% intervals)"]
+    assert line.startswith("validation 147/150 (94.3%-99.3%, the best of 5 epochs, so optimistic) vs test 190/200 (")
+    assert line.endswith("the intervals overlap")
+    inputs["model"].update(val_accuracy=1.0)
+    inputs["test"].update(accuracy=0.5)
+    assert results.build_metrics(**inputs)["summary"]["validation vs test (95% intervals)"].endswith("do not overlap")
+
+
+def test_accuracy_interval_is_wilsons_and_rejects_impossible_counts():
+    from common.metrics import accuracy_interval
+
+    low, high = accuracy_interval(190, 200)
+    assert low == pytest.approx(0.910, abs=1e-3) and high == pytest.approx(0.973, abs=1e-3)
+    assert accuracy_interval(200, 200)[1] == pytest.approx(1.0)
+    for bad in [(3, 0), (5, 4), (-1, 4), (1.5, 4)]:
+        with pytest.raises(ValueError, match="total|correct"):
+            accuracy_interval(*bad)

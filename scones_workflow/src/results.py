@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common import paths, report
+from common import metrics, paths, report
 
 FIGURE_TITLES = {
     "sample_images.png": "Training images",
@@ -21,6 +21,24 @@ FIGURE_TITLES = {
 
 def _round(value, digits=4):
     return None if value is None else round(float(value), digits)
+
+
+def validation_vs_test(model: dict, test: dict) -> dict:
+    """Validation and test accuracy side by side with their 95 % intervals (when the image counts are
+    known: model["val_images"], test["n"]): on 150 and 200 images a few images apart is within noise,
+    and the validation score is the best of the epochs, so it leans optimistic."""
+    if not model.get("val_images") or not test.get("n"):
+        return {}
+    parts = []
+    for name, acc, n in (("validation", model["val_accuracy"], model["val_images"]), ("test", test["accuracy"], test["n"])):
+        correct = round(acc * n)
+        low, high = metrics.accuracy_interval(correct, n)
+        parts.append((name, correct, n, low, high))
+    (_, vc, vn, vlo, vhi), (_, tc, tn, tlo, thi) = parts
+    overlap = "overlap" if vlo <= thi and tlo <= vhi else "do not overlap"
+    return {"validation vs test (95% intervals)": (
+        f"validation {vc}/{vn} ({vlo:.1%}-{vhi:.1%}, the best of {model.get('epochs', 'the')} epochs, so optimistic) "
+        f"vs test {tc}/{tn} ({tlo:.1%}-{thi:.1%}): the intervals {overlap}")}
 
 
 def build_metrics(*, profile: str, backend: str, data: dict, model: dict, test: dict, executions: pd.DataFrame,
@@ -39,6 +57,7 @@ def build_metrics(*, profile: str, backend: str, data: dict, model: dict, test: 
         "test images wrong": int(test["wrong"]),
         "test images below the confidence threshold": int(test["below_threshold"]),
         "validation accuracy": _round(model["val_accuracy"]),
+        **validation_vs_test(model, test),
         "train seconds": _round(model["train_seconds"], 1),
         "train seconds include the trunk pass (no cache)": not model["activations_cached"],
         "served model": model["name"],
