@@ -7,12 +7,11 @@ leaves a file at the destination.
 
 from __future__ import annotations
 
+import logging
 import re
 import zipfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
-
-import logging
 
 import pooch
 import requests
@@ -74,7 +73,7 @@ def fetch(
         # With a well-formed hash, pooch raises ValueError only when the download did
         # not match (it has deleted it); a stale cached file that did not match goes too.
         target.unlink(missing_ok=True)
-        raise ValueError(f"checksum mismatch for {target} from {url}: {err}") from None
+        raise ValueError(f"checksum mismatch for {paths.display(target)} from {url}: {err}") from None
     finally:
         pooch_log.setLevel(level)
 

@@ -8,9 +8,9 @@ them most like the test did. Every stage gets an out-of-fold prediction for ever
 AutoGluon bags its models over the same blocks (`groups`), the direct models are fitted per block.
 The pooled out-of-fold RMSLE ("block CV") compares stages; the days 15-19 block alone (fit on
 days 1-14) is the project's first validation split, reported next to it.
-AutoGluon's out-of-fold predictions are optimistic: each fold model early-stops (and keeps its best
-iteration) on the very block it then predicts. So AutoGluon stages compare fairly with each other,
-not with the direct models, whose rounds are fixed. `nested_block_cv` scores an AutoGluon stage
+AutoGluon's out-of-fold predictions can be optimistic: each fold model early-stops (and keeps its
+best iteration) on the very block it then predicts. So AutoGluon stages compare fairly with each
+other, not with the direct models, whose rounds are fixed. `nested_block_cv` scores an AutoGluon stage
 honestly: the whole stage, its own bagging included, is fitted without a block and predicts it.
 The last stage does that for the AutoGluon stage with the best own block CV and blends it with the
 direct models. The selection compares honest scores only: the direct stages' block CV and the
