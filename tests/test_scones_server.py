@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -90,6 +91,29 @@ def test_a_crashing_model_costs_one_request_not_the_server(tmp_path):
         second = requests.post(f"{server.url}/invocations", data=png_bytes(), headers={"Content-Type": "image/png"})
     assert first.status_code == 500 and "model exploded" in first.json()["error"]
     assert second.status_code == 200
+
+
+class _RecordingServer(InferenceServer):
+    """Keeps the server side of each accepted connection, to read its socket options."""
+    accepted: list
+
+    def get_request(self):
+        connection, address = super().get_request()
+        self.accepted.append(connection)
+        return connection, address
+
+
+def test_answers_are_not_held_back_by_nagles_algorithm():
+    # With Nagle on, the body (second write) waited for the client's delayed ACK: >= 40 ms per keep-alive request.
+    with _RecordingServer(fake_predict, port=0) as server:
+        server.accepted = []
+        with requests.Session() as session:
+            for _ in range(2):  # the second request reuses the connection
+                response = session.post(f"{server.url}/invocations", data=png_bytes(),
+                                        headers={"Content-Type": "image/png"}, timeout=5)
+                assert response.status_code == 200
+            assert len(server.accepted) == 1  # still open: read its options before the client closes it
+            assert server.accepted[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
 def test_capture_records_are_sagemakers_format_and_layout(served):
