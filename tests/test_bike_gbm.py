@@ -122,6 +122,33 @@ def test_metrics_select_by_block_cv_and_name_the_hours_scored():
     assert metrics["headline"]["value"] == "0.3900 Kaggle-equivalent (2 of 3 test hours: 2011 only); block CV 0.3000 (`b`)"
 
 
+def test_event_breakdown_splits_the_known_hours_into_ordinary_and_extraordinary_days():
+    # Hurricane Irene (2011-08-27) is extraordinary; 2011-08-20 is ordinary; 2012-08-20 has no known count.
+    test = pd.DataFrame({"datetime": pd.to_datetime(["2011-08-20 08:00", "2011-08-20 09:00", "2011-08-27 08:00",
+                                                     "2012-08-20 08:00"])})
+    truth = pd.Series([100.0, 100.0, 10.0], index=pd.DatetimeIndex(test["datetime"][:3]))
+    good_on_storm = np.array([np.expm1(np.log1p(100) + 0.1), 100.0, 10.0, 5.0])
+    bad_on_storm = np.array([100.0, 100.0, np.expm1(np.log1p(10) + 1.0), 5.0])
+    events = results.event_breakdown({"a": good_on_storm, "b": bad_on_storm}, test, truth)
+    assert events.attrs["hours"] == (2, 1)
+    a, b = events.set_index("stage").to_dict("index").values()
+    assert a[results.ORDINARY] == pytest.approx(np.sqrt(0.01 / 2), abs=1e-4) and a[results.EXTRAORDINARY] == 0
+    assert b[results.ORDINARY] == 0 and b[results.EXTRAORDINARY] == pytest.approx(1.0, abs=1e-4)
+    assert a["extraordinary share of squared error"] == 0 and b["extraordinary share of squared error"] == 1
+    assert results.event_breakdown({"a": good_on_storm}, test, None) is None
+
+    covered = results.hours_covered(test, truth)
+    table = pd.DataFrame(_table(covered)).assign(stage=["a", "b", "c"])
+    metrics = results.build_metrics(profile="tiny", source="src", stand_in=False, truth_source="UCI",
+                                    covered=covered, table=table, eda_findings={}, figures=[],
+                                    submission_file="submission.csv", events=events)
+    summary = metrics["summary"]  # "b" is selected: its ordinary days are perfect, the storm is all its error
+    assert summary["its RMSLE, ordinary days (2 of the known test hours)"] == 0
+    assert summary["share of its squared log error on the extraordinary days"] == 1
+    assert summary["gap on ordinary days: their RMSLE minus block CV"] == pytest.approx(-0.30)
+    assert metrics["tables"][1]["title"].startswith("Where the test error is")
+
+
 def test_metrics_without_true_counts_say_so():
     covered = "none of the 3 test hours (no true counts here)"
     table = _table(covered).assign(**{results.kaggle_label(covered): None})
