@@ -95,7 +95,10 @@ def test_a_crashing_model_costs_one_request_not_the_server(tmp_path):
 
 class _RecordingServer(InferenceServer):
     """Keeps the server side of each accepted connection, to read its socket options."""
-    accepted: list
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.accepted = []
 
     def get_request(self):
         connection, address = super().get_request()
@@ -106,7 +109,6 @@ class _RecordingServer(InferenceServer):
 def test_answers_are_not_held_back_by_nagles_algorithm():
     # With Nagle on, the body (second write) waited for the client's delayed ACK: >= 40 ms per keep-alive request.
     with _RecordingServer(fake_predict, port=0) as server:
-        server.accepted = []
         with requests.Session() as session:
             for _ in range(2):  # the second request reuses the connection
                 response = session.post(f"{server.url}/invocations", data=png_bytes(),
