@@ -126,6 +126,14 @@ def event_breakdown(predictions: dict[str, np.ndarray], test: pd.DataFrame,
     return table
 
 
+def where_the_error_is(table: pd.DataFrame, events: pd.DataFrame) -> tuple[pd.DataFrame, float]:
+    """The stages' validation scores next to `event_breakdown`'s, and the Spearman rank agreement across
+    stages of block CV with the ordinary days' RMSLE (the notebook and metrics.json both show them)."""
+    merged = table[[c for c in ("stage", SELECT, CV) if c in table]].merge(events, on="stage")
+    rho = float(merged[CV].astype(float).corr(merged[ORDINARY].astype(float), method="spearman"))
+    return merged, rho
+
+
 def build_metrics(*, profile: str, source: str, stand_in: bool, truth_source: str, covered: str,
                   table: pd.DataFrame, eda_findings: dict, figures: list[dict], submission_file: str,
                   nested=None, events: pd.DataFrame | None = None) -> dict:
@@ -166,12 +174,10 @@ def build_metrics(*, profile: str, source: str, stand_in: bool, truth_source: st
             mine[EXTRAORDINARY])
         summary["share of its squared log error on the extraordinary days"] = mine["extraordinary share of squared error"]
         summary["gap on ordinary days: their RMSLE minus block CV"] = round(mine[ORDINARY] - float(validation), 4)
-        ordinary = table["stage"].map(events.set_index("stage")[ORDINARY]).astype(float)
-        summary["Spearman rank agreement across stages of block CV with the ordinary days' RMSLE"] = round(
-            float(table[CV].astype(float).corr(ordinary, method="spearman")), 2)
+        merged, rho = where_the_error_is(table, events)
+        summary["Spearman rank agreement across stages of block CV with the ordinary days' RMSLE"] = round(rho, 2)
         tables.append(report.table(f"Where the test error is ({covered}; ordinary days vs the extraordinary days "
-                                   f"in results.EXTRAORDINARY_DAYS; diagnosis, chooses nothing)",
-                                   table[[c for c in ("stage", SELECT, CV) if c in table]].merge(events, on="stage")))
+                                   f"in results.EXTRAORDINARY_DAYS; diagnosis, chooses nothing)", merged))
     summary["submission file"] = submission_file
     summary["seed's best Kaggle score (all test hours, for reference)"] = SEED_KAGGLE_SCORE
     stages = [{k: _plain(v) for k, v in row.items()} for row in table.to_dict("records")]
