@@ -23,9 +23,17 @@ def data_dir(value: str | os.PathLike | None = None) -> Path:
     return path if path.is_absolute() else (REPO_ROOT / path).resolve()
 
 
+LOCAL_REPORTS = REPO_ROOT / "reports" / "local"
+
+
 def report_dir(project: str, value: str | os.PathLike | None = None) -> Path:
-    """The folder for a project's executed notebooks, metrics and figures."""
-    path = Path(value).expanduser() if value else REPO_ROOT / "reports" / project
+    """The folder for a project's executed notebooks, metrics and figures: `value`, else
+    `<repo>/reports/local/<project>` (git-ignored).
+
+    A notebook run in Jupyter, SageMaker Studio or nbclient therefore never touches the record
+    (`reports/<project>/`, tracked): only the runner (`python -m common.run`) promotes a run
+    there, and only a real-data `full` one."""
+    path = Path(value).expanduser() if value else LOCAL_REPORTS / project
     path = path if path.is_absolute() else (REPO_ROOT / path).resolve()
     (path / "figures").mkdir(parents=True, exist_ok=True)
     return path

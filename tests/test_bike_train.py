@@ -56,29 +56,6 @@ def test_log_target_beats_raw_count_on_rmsle(kaggle_frames, tmp_path):
     assert np.isfinite(logged.test_prediction).all()
 
 
-def test_notebook_runs_end_to_end_in_the_tiny_profile(tmp_path):
-    """Through the runner, as `make run` does: on DATA_DIR when set, else on the stand-in."""
-    from common import report, run
-    from common.paths import data_dir
-
-    projects = run.load_projects()
-    metrics = run.run_project("bike_sharing_autogluon", projects["bike_sharing_autogluon"], "tiny",
-                              data_dir(), tmp_path, cell_timeout=300)
-    folder = tmp_path / "bike_sharing_autogluon"
-    assert report.read_metrics(folder) == metrics
-    assert [row["stage"] for row in metrics["stages"]] == [s.name for s in train.STAGES]
-    sizes = set()
-    for stage in train.STAGES:
-        submission = pd.read_csv(folder / f"submission_{stage.name}.csv")
-        assert list(submission.columns) == ["datetime", "count"] and (submission["count"] >= 0).all()
-        sizes.add(len(submission))
-    assert len(sizes) == 1 and sizes.pop() > 3000  # 6,493 test hours; 3,223 in the 2011-only stand-in
-    selected = metrics["summary"]["selected stage (lowest block CV RMSLE)"]
-    assert (folder / "submission.csv").read_bytes() == (folder / f"submission_{selected}.csv").read_bytes()
-    for figure in metrics["figures"]:
-        assert (folder / figure["path"]).stat().st_size > 1000
-
-
 def test_nested_block_cv_never_fits_on_the_block_it_scores(kaggle_frames, tmp_path, monkeypatch):
     """Each held-out block is predicted by predictors fitted on the other blocks only, bagged over those."""
     fit, test = kaggle_frames

@@ -9,7 +9,6 @@ Timings are not asserted here: `python -m landmark_classifier.src.app_screenshot
 """
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 

@@ -158,25 +158,3 @@ def test_cli_prints_one_line_per_image_and_reports_bad_ones(exported_model, tmp_
     with pytest.raises(SystemExit):
         predict.main(["--help"])
     assert "dark-on-light" in capsys.readouterr().out
-
-
-def test_notebook_runs_end_to_end_in_the_tiny_profile(tmp_path, monkeypatch):
-    from common import report, run
-
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    empty = tmp_path / "data"
-    empty.mkdir()
-    metrics = run.run_project("mnist_classifier", ["mnist_classifier.ipynb"], "tiny", empty, tmp_path / "reports",
-                              cell_timeout=300)
-    folder = tmp_path / "reports" / "mnist_classifier"
-    assert metrics["profile"] == "tiny" and metrics["data"]["stand_in"] in (True, False)
-    models = report.read_metrics(folder)["tables"][0]
-    assert [row[0] for row in models["rows"]] == ["mlp_baseline", "mlp_improved", "mlp_bn_onecycle",
-                                                   "mlp_bn_onecycle_aug", "cnn"]
-    for figure in metrics["figures"]:
-        assert (folder / figure["path"]).is_file(), figure
-    for suffix in (".pt", ".onnx"):
-        assert sorted(p.name for p in (folder / "models").glob(f"*{suffix}")) == sorted(
-            f"{row[0]}{suffix}" for row in models["rows"])
-    serving = next(t for t in metrics["tables"] if t["title"].startswith("Serving"))
-    assert {row[1] for row in serving["rows"]} >= {"TorchScript", "ONNX Runtime"}

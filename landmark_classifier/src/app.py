@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
-import numpy as np
 from PIL import Image
 
 from common.images import ImageError, load_image

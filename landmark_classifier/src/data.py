@@ -182,7 +182,8 @@ def locate(data_dir: Path, *, dataset: str | None = None, allow_download: bool |
             cause = str(err).splitlines()[0].rpartition(f"{URL}: ")[2]
             reason = f"the download failed: {cause.split(': ')[0] or 'unknown error'}"
     if (data_dir / GLDV2_FOLDER).exists():
-        print(f"The Udacity landmark_images dataset is not available ({reason}); using {data_dir / GLDV2_FOLDER}.")
+        print(f"The Udacity landmark_images dataset is not available ({reason}); "
+              f"using {shown_path(data_dir / GLDV2_FOLDER)}.")
         return open_dataset(data_dir / GLDV2_FOLDER)
     return make_standin(data_dir, standin_size, reason)
 
@@ -195,8 +196,9 @@ def make_standin(data_dir: Path, size: str, reason: str) -> LandmarkData:
     names = validate_layout(root, spec["classes"])
     counts = layout_counts(root, names)
     print("=" * 78)
-    print(f"STAND-IN DATA: the real landmark dataset is not in {data_dir / FOLDER} ({reason}).")
-    print(f"Using {spec['classes']} classes of generated scenes in {root}; numbers are NOT real-data results.")
+    print(f"STAND-IN DATA: the real landmark dataset is not in {shown_path(data_dir / FOLDER)} ({reason}).")
+    print(f"Using {spec['classes']} classes of generated scenes in {shown_path(root)}; "
+          "numbers are NOT real-data results.")
     print("=" * 78, flush=True)
     source = (f"generated stand-in: {spec['classes']} classes of procedurally drawn landmark scenes, "
               f"{spec['train_per_class']} train + {spec['test_per_class']} test images per class")

@@ -44,6 +44,23 @@ def evaluate(logits: np.ndarray, labels: np.ndarray, display_names: list[str]) -
                       np.flatnonzero(predicted != labels), predicted, probabilities)
 
 
+def evaluate_served(model, image_paths: list[Path], labels: np.ndarray, display_names: list[str], *,
+                    desc: str = "test photos through the ONNX file") -> Evaluation:
+    """The test set scored by the artefact that ships: each photo's file decoded and classified by
+    `predictor.probabilities` (the CLI's and the app's path) with the exported ONNX `model`.
+
+    The training pipeline decodes with PIL into a uint8 cache; the served graph resizes in float
+    inside ONNX. On a borderline photo the two can disagree, so the number users get is this one."""
+    from tqdm.auto import tqdm
+
+    from landmark_classifier.src import predictor
+
+    probabilities = np.stack([predictor.probabilities(model, path, name=path.name)
+                              for path in tqdm(image_paths, desc=desc, unit="img", leave=False)])
+    # evaluate() takes logits: log-probabilities give back the same probabilities and rankings
+    return evaluate(np.log(np.clip(probabilities, 1e-12, None)), labels, display_names)
+
+
 def report_figures(result: Evaluation, display_names: list[str], test_paths: list[Path], labels: np.ndarray,
                    title: str, figures: Path, stem: str) -> list[dict]:
     """Confusion matrix, accuracy per class and the misclassified photos, saved under `figures/`;

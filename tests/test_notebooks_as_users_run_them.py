@@ -1,0 +1,178 @@
+"""Every notebook as its users run it: Jupyter's Run All, in a fresh clone, offline, no datasets.
+
+No runner and no papermill: `jupyter_clone.run_as_jupyter` executes the notebook as written, with
+only PROFILE edited to "tiny" in its parameters cell (as a user edits it). The tiny profile walks
+the full profile's code path with tiny budgets, so what would break `make run` breaks here. After
+each project, `git status` of the clone must be clean: a notebook run outside the runner writes to
+`reports/local/<project>/` (git-ignored) and never touches the record.
+
+The runner's own path (`make run`: papermill, promotion of a real-data full run) is tested with
+small notebooks in test_report_and_runner.py and, on one real project, at the end of this file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from common import report
+from tests.jupyter_clone import fresh_clone, outputs_text, run_as_jupyter, tracked_changes
+
+pytestmark = pytest.mark.slow
+
+LANDMARK = ["cnn_from_scratch.ipynb", "transfer_learning.ipynb", "predictor_demo.ipynb"]
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    return fresh_clone(tmp_path_factory.mktemp("fresh_clone"))
+
+
+@pytest.fixture
+def clone_as_user(clone, tmp_path, monkeypatch) -> Path:
+    """The kernel's environment: the clone's code, an empty DATA_DIR (each project falls back to its
+    labelled stand-in; no download is attempted or needed) and Jupyter's own plotting backend."""
+    monkeypatch.setenv("PYTHONPATH", str(clone))
+    empty = tmp_path / "data"
+    empty.mkdir()
+    monkeypatch.setenv("DATA_DIR", str(empty))
+    monkeypatch.setenv("LANDMARK_OFFLINE", "1")
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    yield clone
+    assert tracked_changes(clone) == [], "a notebook run outside the runner changed tracked files"
+
+
+def local_report(clone: Path, project: str) -> tuple[Path, dict]:
+    folder = clone / "reports" / "local" / project
+    return folder, report.read_metrics(folder)
+
+
+def test_bike_notebook(clone_as_user):
+    from bike_sharing_autogluon.src import train
+
+    run_as_jupyter(clone_as_user / "bike_sharing_autogluon" / "bike_sharing_autogluon.ipynb")
+    folder, metrics = local_report(clone_as_user, "bike_sharing_autogluon")
+    assert metrics["profile"] == "tiny" and metrics["data"]["stand_in"] is True
+    assert [row["stage"] for row in metrics["stages"]] == [s.name for s in train.STAGES]
+    sizes = set()
+    for stage in train.STAGES:
+        submission = pd.read_csv(folder / f"submission_{stage.name}.csv")
+        assert list(submission.columns) == ["datetime", "count"] and (submission["count"] >= 0).all()
+        sizes.add(len(submission))
+    assert len(sizes) == 1 and sizes.pop() > 3000  # 6,493 test hours; 3,223 in the 2011-only stand-in
+    selected = metrics["summary"]["selected stage (lowest block CV RMSLE)"]
+    assert (folder / "submission.csv").read_bytes() == (folder / f"submission_{selected}.csv").read_bytes()
+    for figure in metrics["figures"]:
+        assert (folder / figure["path"]).stat().st_size > 1000
+
+
+def test_mnist_notebook(clone_as_user):
+    run_as_jupyter(clone_as_user / "mnist_classifier" / "mnist_classifier.ipynb")
+    folder, metrics = local_report(clone_as_user, "mnist_classifier")
+    assert metrics["profile"] == "tiny"
+    models = metrics["tables"][0]
+    assert [row[0] for row in models["rows"]] == ["mlp_baseline", "mlp_improved", "mlp_bn_onecycle",
+                                                   "mlp_bn_onecycle_aug", "cnn"]
+    for figure in metrics["figures"]:
+        assert (folder / figure["path"]).is_file(), figure
+    for suffix in (".pt", ".onnx"):
+        assert sorted(p.name for p in (folder / "models").glob(f"*{suffix}")) == sorted(
+            f"{row[0]}{suffix}" for row in models["rows"])
+    serving = next(t for t in metrics["tables"] if t["title"].startswith("Serving"))
+    assert {row[1] for row in serving["rows"]} >= {"TorchScript", "ONNX Runtime"}
+
+
+def test_scones_notebook(clone_as_user):
+    nb = run_as_jupyter(clone_as_user / "scones_workflow" / "scones_workflow.ipynb")
+    folder, metrics = local_report(clone_as_user, "scones_workflow")
+    assert metrics["profile"] == "tiny" and metrics["data"]["stand_in"] is True
+    summary = metrics["summary"]
+    assert summary["executions (test images)"] == 20 and summary["capture records"] >= summary["executions succeeded"]
+    assert metrics["load"]["checks_passed"] is True and "endpoint model" in metrics["load"]["breakdown_ms"]
+    bad = {row[0]: row[2] for row in next(t for t in metrics["tables"] if t["title"] == "Bad inputs")["rows"]}
+    assert bad == {"bad/missing.png": "ImageNotFound", "bad/empty.png": "EmptyImage",
+                   "bad/not_an_image.png": "NotAnImage", "bad/truncated.png": "InvalidImage"}
+    variants = next(t for t in metrics["tables"] if t["title"].startswith("Production variants"))
+    assert {row[0] for row in variants["rows"]} <= {"Primary", "Challenger"} and summary["variant verdict"]
+    assert metrics["alarm"]["exit_code"] == (1 if metrics["alarm"]["in_alarm"] else 0)
+    assert metrics["retraining"]["candidate_accuracy"] is not None and "promoted" in metrics["retraining"]
+    assert {r["runtime"] for r in metrics["benchmark"]} >= {"TorchScript", "ONNX Runtime"}
+    assert len(metrics["figures"]) == 7
+    for figure in metrics["figures"]:
+        assert (folder / figure["path"]).stat().st_size > 1000
+    # training progress is ordinary output, not red stderr
+    assert "epoch 1:" in outputs_text(nb, "stdout") and "INFO" not in outputs_text(nb, "stderr")
+
+
+def test_landmark_predictor_demo_works_on_a_fresh_clone_with_the_committed_model(clone_as_user):
+    """Before any training: the demo falls back to the committed predictor; the stand-in's scenes are
+    not its landmarks, so the answers are shown unscored; the command line classifies real files."""
+    nb = run_as_jupyter(clone_as_user / "landmark_classifier" / "predictor_demo.ipynb")
+    _, metrics = local_report(clone_as_user, "landmark_classifier")
+    app = metrics["app"]
+    assert app["demo"] and all(row["correct"] is None for row in app["demo"])
+    assert "landmark_classifier/models/landmark_predictor.onnx" in outputs_text(nb, "stdout")
+    assert app["cli_exit_code"] == 1  # the deliberately bad file, named; the two photos still classified
+    assert app["cli_stderr"].startswith("error: not_an_image.jpg:")
+    printed = outputs_text(nb, "stdout")
+    assert printed.count("  1. ") == 2 and "no such file" not in printed
+
+
+def test_landmark_notebooks_in_order(clone_as_user):
+    for name in LANDMARK:
+        run_as_jupyter(clone_as_user / "landmark_classifier" / name)
+    folder, metrics = local_report(clone_as_user, "landmark_classifier")
+    assert metrics["profile"] == "tiny" and metrics["data"]["stand_in"] is True
+    summary = metrics["summary"]
+    for key in ("scratch CNN test accuracy", "transfer learning test accuracy", "transfer learning model",
+                "predictor latency p50 (ms, one 1024x768 photo, 1 CPU thread)",
+                "ONNX Runtime vs TorchScript single-image speed-up (1 thread, x)"):
+        assert key in summary, key
+    assert 0 <= summary["scratch CNN test accuracy"] <= 1 and 0 <= summary["transfer learning test accuracy"] <= 1
+    assert "through predictor.py" in summary["transfer learning test scored on"]
+    # full's code path: two backbones compared, frozen and fine-tuned candidates of each
+    candidates = metrics["transfer"]["candidates"]
+    assert {c["backbone"] for c in candidates} == {"efficientnet_lite0", "efficientnet_lite1"}
+    assert len({c["method"] for c in candidates}) == 2
+    titles = {t["title"].split(":")[0] for t in metrics["tables"]}
+    assert titles >= {"Scratch CNN", "Transfer learning", "Predictor"}
+    for figure in metrics["figures"]:
+        assert (folder / figure["path"]).stat().st_size > 1000, figure
+    assert any("misclassified" in f["title"] for f in metrics["figures"])
+    app = metrics["app"]
+    assert [row["upload"] for row in app["bad_inputs"]] == ["empty.jpg", "notes.txt", "truncated.jpg"]
+    assert all(row["shown to the user"].startswith(row["upload"] + ":") for row in app["bad_inputs"])
+    assert app["cli_exit_code"] == 1
+    assert all(isinstance(row["correct"], bool) for row in app["demo"])  # this run's predictor: scored
+    exported = folder / "models"
+    assert (exported / "landmark_predictor.onnx").is_file() and (exported / "landmark_predictor.pt").is_file()
+    assert metrics["transfer"]["predictor"]["metadata"]["training_run"]["profile"] == "tiny"
+    # the reported test accuracy is the shipped file's, through predictor.py
+    from landmark_classifier.src import data, evaluate, predictor
+
+    landmarks = data.open_dataset(Path(os.environ["DATA_DIR"]) / "landmark_images_standin_small")
+    paths, labels = data.list_images(landmarks.root / "test", landmarks.class_names)
+    served = evaluate.evaluate_served(predictor.load(exported / "landmark_predictor.onnx"), paths, labels,
+                                      landmarks.display_names)
+    assert served.accuracy == pytest.approx(summary["transfer learning test accuracy"], abs=1e-4)
+
+
+def test_landmark_app_notebook(clone_as_user):
+    nb = run_as_jupyter(clone_as_user / "landmark_classifier" / "app.ipynb")
+    assert "Traceback" not in outputs_text(nb)
+
+
+def test_make_run_path_through_the_runner(clone_as_user):
+    """`make run`'s command on one real project in the clone: papermill, stand-in data, so results
+    stay in reports/local/ and the record is untouched (the fixture checks git status)."""
+    result = subprocess.run([sys.executable, "-m", "common.run", "mnist_classifier", "--profile", "tiny", "--quiet"],
+                            cwd=clone_as_user, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "not the record" in result.stdout
+    metrics = json.loads((clone_as_user / "reports" / "local" / "mnist_classifier" / "metrics.json").read_text())
+    assert metrics["profile"] == "tiny" and metrics["run"]["wall_seconds"] > 0
