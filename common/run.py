@@ -79,6 +79,10 @@ def run_notebook(notebook: Path, output: Path, parameters: dict, *, stream: bool
             execution_timeout=cell_timeout,
             stdout_file=sys.stdout if stream else None,
             stderr_file=sys.stderr if stream else None,
+            # The kernel's own start-up log (ipykernel 7 warns at each start that its localhost TCP
+            # sockets are unencrypted, as in any local Jupyter) only buries the notebooks' output;
+            # its errors still show, and nothing the cells print or warn is affected.
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
     except PapermillExecutionError as err:
         raise NotebookFailed(

@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from common import report, run
+from common import paths, report, run
 
 
 def metrics(**extra) -> dict:
@@ -235,3 +235,19 @@ def test_no_machine_paths_in_the_committed_record():
     offenders = [f"{p.relative_to(REPO_ROOT)} ({n})" for p in files for n in needles
                  if len(n) > 1 and n in p.read_text(errors="ignore")]
     assert not offenders, f"absolute paths of this machine in committed files: {offenders}"
+
+
+def test_a_notebook_outside_the_runner_writes_to_the_git_ignored_local_folder(tmp_path):
+    """REPORT_DIR = None (Jupyter, SageMaker Studio): reports/local/<project>/, which git ignores."""
+    import shutil
+    import subprocess
+
+    folder = paths.report_dir("a_project_of_this_test")
+    try:
+        assert folder == paths.REPO_ROOT / "reports" / "local" / "a_project_of_this_test"
+        assert (folder / "figures").is_dir()
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(folder / "metrics.json")], cwd=paths.REPO_ROOT)
+        assert ignored.returncode == 0, f"{folder} is not ignored by git"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert paths.report_dir("x", tmp_path / "x") == tmp_path / "x"  # the runner's REPORT_DIR wins
