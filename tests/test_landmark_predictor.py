@@ -209,3 +209,22 @@ def test_runtime_comparison_has_both_runtimes_and_ratios(tiny_predictor, capsys)
     assert "upload (decode + predict) p50" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         benchmark.main(["--help"])
+
+
+@pytest.mark.data
+def test_the_committed_predictor_scores_the_recorded_accuracy_through_predictor_py(real_data_dir):
+    """The README's transfer-learning test accuracy is the shipped file's: the committed ONNX
+    predictor, fed every test photo's file through `predictor.py` as the CLI and the app do,
+    scores exactly what the run of record reports."""
+    from landmark_classifier.src import data, evaluate
+
+    recorded = json.loads((REPO_ROOT / "reports" / "landmark_classifier" / "metrics.json").read_text())
+    folder = real_data_dir / (recorded["data"].get("dataset") or "")
+    if recorded["data"]["stand_in"] or not (folder / "test").is_dir():
+        pytest.skip(f"the record's dataset is not in DATA_DIR ({folder})")
+    model = predictor.load(predictor.DEFAULT_MODEL, threads=2)
+    landmarks = data.open_dataset(folder)
+    assert model.class_names == landmarks.class_names
+    paths, labels = data.list_images(folder / "test", landmarks.class_names)
+    served = evaluate.evaluate_served(model, paths, labels, landmarks.display_names)
+    assert served.accuracy == pytest.approx(recorded["summary"]["transfer learning test accuracy"], abs=1e-4)
