@@ -58,8 +58,9 @@ def measure_upload(model_path: str | Path, photo: bytes, *, runs: int = 50, warm
 
 
 def compare_runtimes(onnx_path: str | Path, torchscript_path: str | Path | None = None, *, runs: int = 50,
-                     cold_starts: int = 3) -> list[dict]:
-    """TorchScript vs ONNX Runtime rows (and a ratio row) for the exported predictor pair."""
+                     cold_starts: int = 3, batch: int = 32) -> list[dict]:
+    """TorchScript vs ONNX Runtime rows (and a ratio row) for the exported predictor pair; the
+    throughput column times batches of `batch` photos."""
     from common import runtime_benchmark
 
     onnx_path = Path(onnx_path)
@@ -68,7 +69,7 @@ def compare_runtimes(onnx_path: str | Path, torchscript_path: str | Path | None 
         raise FileNotFoundError(f"{torchscript_path}: no TorchScript file beside {onnx_path.name}")
     name = predictor_module.load(onnx_path).metadata.get("model_name", onnx_path.stem)
     return runtime_benchmark.compare(torchscript_path, onnx_path, photo_batch, model=name, repeats=runs,
-                                     cold_starts=cold_starts)
+                                     cold_starts=cold_starts, batch=batch)
 
 
 def main(argv: list[str] | None = None) -> int:

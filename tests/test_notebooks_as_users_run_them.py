@@ -7,14 +7,12 @@ each project, `git status` of the clone must be clean: a notebook run outside th
 `reports/local/<project>/` (git-ignored) and never touches the record.
 
 The runner's own path (`make run`: papermill, promotion of a real-data full run) is tested with
-small notebooks in test_report_and_runner.py and, on one real project, at the end of this file.
+small notebooks in test_report_and_runner.py, which also checks that papermill finds the parameters
+of every real notebook.
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -165,14 +163,3 @@ def test_landmark_notebooks_in_order(clone_as_user):
 def test_landmark_app_notebook(clone_as_user):
     nb = run_as_jupyter(clone_as_user / "landmark_classifier" / "app.ipynb")
     assert "Traceback" not in outputs_text(nb)
-
-
-def test_make_run_path_through_the_runner(clone_as_user):
-    """`make run`'s command on one real project in the clone: papermill, stand-in data, so results
-    stay in reports/local/ and the record is untouched (the fixture checks git status)."""
-    result = subprocess.run([sys.executable, "-m", "common.run", "mnist_classifier", "--profile", "tiny", "--quiet"],
-                            cwd=clone_as_user, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "not the record" in result.stdout
-    metrics = json.loads((clone_as_user / "reports" / "local" / "mnist_classifier" / "metrics.json").read_text())
-    assert metrics["profile"] == "tiny" and metrics["run"]["wall_seconds"] > 0

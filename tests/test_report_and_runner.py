@@ -134,6 +134,12 @@ def test_every_listed_notebook_exists_is_stripped_and_starts_with_parameters():
             assert "parameters" in code[0].metadata.get("tags", []), f"{name}: first code cell must be tagged parameters"
             assert 'PROFILE = "' in code[0].source and "DATA_DIR" in code[0].source
             assert all(not c.outputs and c.execution_count is None for c in code), f"{name} has outputs: strip them"
+            # what the runner passes, papermill finds in that cell (it injects its values after it)
+            import papermill
+
+            found = papermill.inspect_notebook(str(REPO_ROOT / project / name))
+            assert {"PROFILE", "DATA_DIR", "REPORT_DIR"} <= set(found), f"{name}: papermill sees {sorted(found)}"
+            assert found["PROFILE"]["default"] == '"full"' and found["REPORT_DIR"]["default"] == "None", name
 
 
 def test_params_parse_json_values_or_strings_and_reject_reserved_keys():
