@@ -78,6 +78,26 @@ def fetch(
         pooch_log.setLevel(level)
 
 
+def failure_reason(err: BaseException) -> str:
+    """Why a download failed, in one line, from the whole of the exception's message.
+
+    Libraries put the reason after a headline: torchvision raises "Error downloading FILE:" with one
+    "Tried MIRROR, got:" line per mirror, each followed by urllib's "<urlopen error REASON>". The
+    headline alone says nothing (offline MNIST once warned "... (Error downloading
+    train-images-idx3-ubyte.gz:)"), so the reasons are collected, each once, with the hosts that gave it."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    reasons: dict[str, list[str]] = {}
+    for tried, got in zip(lines, lines[1:]):
+        match = re.fullmatch(r"Tried (\S+), got:", tried)
+        if match:
+            reason = re.sub(r"^<urlopen error (.*)>$", r"\1", got)
+            reasons.setdefault(reason, []).append(urlparse(match[1]).netloc or match[1])
+    if reasons:
+        return "; ".join(f"{reason} (from {', '.join(hosts)})" for reason, hosts in reasons.items())
+    text = " ".join(lines)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
 def extract_zip(zip_path: str | Path, dest_dir: str | Path, members: list[str] | None = None) -> list[Path]:
     """Extract ``members`` (default: all) of a zip into ``dest_dir``; return the extracted files."""
     dest_dir = Path(dest_dir)

@@ -27,6 +27,7 @@ import shutil
 import sys
 import time
 import tomllib
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -59,15 +60,23 @@ class NotebookFailed(RuntimeError):
 CELL_TIMEOUT_SECONDS = 3600
 
 
-def run_notebook(notebook: Path, output: Path, parameters: dict, *, stream: bool,
-                 cell_timeout: int = CELL_TIMEOUT_SECONDS) -> None:
-    """Execute one notebook with papermill; a failing cell raises NotebookFailed naming it.
+@dataclass(frozen=True)
+class Execution:
+    """How the notebooks are executed (the same for every notebook of a run).
 
     `stream` copies what the cells print (stage results, progress bars) to this terminal;
-    otherwise a bar counts cells, which can sit still for minutes on a long training cell."""
+    otherwise a bar counts cells, which can sit still for minutes on a long training cell.
+    `cell_timeout`: seconds after which a cell is taken to hang and fails the run."""
+    stream: bool = False
+    cell_timeout: int = CELL_TIMEOUT_SECONDS
+
+
+def run_notebook(notebook: Path, output: Path, parameters: dict, execution: Execution = Execution()) -> None:
+    """Execute one notebook with papermill; a failing cell raises NotebookFailed naming it."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    stream, cell_timeout = execution.stream, execution.cell_timeout
     try:
         papermill.execute_notebook(
             str(notebook),
@@ -124,8 +133,7 @@ def parse_params(items: list[str]) -> dict[str, object]:
 
 
 def run_project(project: str, notebooks: list[str], profile: str, data_dir: Path | str, reports_root: Path, *,
-                stream: bool = False, root: Path = paths.REPO_ROOT,
-                cell_timeout: int = CELL_TIMEOUT_SECONDS, params: dict | None = None) -> dict:
+                execution: Execution = Execution(), root: Path = paths.REPO_ROOT, params: dict | None = None) -> dict:
     """Run the notebooks of `root/project`; returns its metrics with the `run` record added.
 
     `params` are extra papermill parameters (`--param KEY=VALUE`) for every notebook.
@@ -141,8 +149,7 @@ def run_project(project: str, notebooks: list[str], profile: str, data_dir: Path
     with PeakMemory(interval=0.5) as memory:
         for name in notebooks:
             print(f"[{project}] running {name} (profile {profile}, DATA_DIR {data_dir})", flush=True)
-            run_notebook(root / project / name, report_dir / name, parameters, stream=stream,
-                         cell_timeout=cell_timeout)
+            run_notebook(root / project / name, report_dir / name, parameters, execution)
             record_paths(report_dir / name, root / project / name)
     metrics_path = report_dir / "metrics.json"
     if not metrics_path.exists():
@@ -256,7 +263,7 @@ def main(argv: list[str] | None = None, root: Path = paths.REPO_ROOT) -> int:
             continue
         try:
             metrics = run_project(project, projects[project], args.profile, data_dir, staging_root,
-                                  stream=not args.quiet, params=params, root=root)
+                                  execution=Execution(stream=not args.quiet), params=params, root=root)
         except NotebookFailed as err:
             print(f"[{project}] FAILED: {err}", file=sys.stderr)
             failures.append(project)

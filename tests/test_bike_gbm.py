@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from bike_sharing_autogluon.src import data, gbm, results, submission, train
+from bike_sharing_autogluon.src.config import PROFILES
 from tests.bike_fixtures import uci_hour
 
 
@@ -70,10 +71,11 @@ def test_direct_stages_score_out_of_fold_blend_and_share_models(kaggle_frames, t
     fit, test, sample = kaggle_frames
     stages = {s.name: s for s in train.STAGES}
     cache: dict = {}
-    blend = train.fit_stage(stages["gbm_blend"], fit, test, profile="tiny", models_dir=tmp_path, cache=cache)
+    tiny = PROFILES["tiny"]
+    blend = train.fit_stage(stages["gbm_blend"], fit, test, config=tiny, models_dir=tmp_path, cache=cache)
     assert set(cache) == {(lib, 0) for lib in gbm.LIBRARIES}
     first_runs = dict(cache)
-    averaged = train.fit_stage(stages["seed_average"], fit, test, profile="tiny", models_dir=tmp_path, cache=cache)
+    averaged = train.fit_stage(stages["seed_average"], fit, test, config=tiny, models_dir=tmp_path, cache=cache)
     assert all(cache[key] is run for key, run in first_runs.items())  # seed 0 reused, not refitted
     assert len(cache) == 2 * len(gbm.LIBRARIES)  # tiny caps seeds at 2
     for result in (blend, averaged):
@@ -106,8 +108,8 @@ def test_metrics_select_by_block_cv_and_name_the_hours_scored():
     covered = results.hours_covered(test, truth_2011)
     assert covered == "2 of 3 test hours: 2011 only"
     assert results.hours_covered(test, pd.Series(1, index=pd.DatetimeIndex(test["datetime"]))) == "all 3 test hours"
-    metrics = results.build_metrics(profile="tiny", source="src", stand_in=False, truth_source="ISLP",
-                                    covered=covered, table=_table(covered), eda_findings={}, figures=[],
+    metrics = results.build_metrics(profile="tiny", data=results.DataUsed("src", False, "ISLP", covered),
+                                    table=_table(covered), eda_findings={}, figures=[],
                                     submission_file="submission.csv")
     summary = metrics["summary"]
     # "c" has the best Kaggle-equivalent and the best old split, but block CV chooses, and it says "b"
@@ -139,8 +141,8 @@ def test_event_breakdown_splits_the_known_hours_into_ordinary_and_extraordinary_
 
     covered = results.hours_covered(test, truth)
     table = pd.DataFrame(_table(covered)).assign(stage=["a", "b", "c"])
-    metrics = results.build_metrics(profile="tiny", source="src", stand_in=False, truth_source="UCI",
-                                    covered=covered, table=table, eda_findings={}, figures=[],
+    metrics = results.build_metrics(profile="tiny", data=results.DataUsed("src", False, "UCI", covered),
+                                    table=table, eda_findings={}, figures=[],
                                     submission_file="submission.csv", events=events)
     summary = metrics["summary"]  # "b" is selected: its ordinary days are perfect, the storm is all its error
     assert summary["its RMSLE, ordinary days (2 of the known test hours)"] == 0
@@ -152,7 +154,7 @@ def test_event_breakdown_splits_the_known_hours_into_ordinary_and_extraordinary_
 def test_metrics_without_true_counts_say_so():
     covered = "none of the 3 test hours (no true counts here)"
     table = _table(covered).assign(**{results.kaggle_label(covered): None})
-    metrics = results.build_metrics(profile="tiny", source="src", stand_in=True, truth_source="", covered=covered,
+    metrics = results.build_metrics(profile="tiny", data=results.DataUsed("src", True, "", covered),
                                     table=table, eda_findings={}, figures=[], submission_file="submission.csv")
     assert metrics["data"]["note"].startswith("No true test counts here")
     assert not any(k.startswith("gap") for k in metrics["summary"])
@@ -177,9 +179,8 @@ def test_selection_uses_honest_scores_only():
     covered = "2 of 3 test hours: 2011 only"
     table = _table(covered)
     table[results.SELECT] = [0.315, None, 0.32]  # "b" (the lowest own block CV) has no honest score
-    metrics = results.build_metrics(profile="tiny", source="src", stand_in=False, truth_source="ISLP",
-                                    covered=covered, table=table, eda_findings={}, figures=[],
-                                    submission_file="submission.csv",
+    metrics = results.build_metrics(profile="tiny", data=results.DataUsed("src", False, "ISLP", covered),
+                                    table=table, eda_findings={}, figures=[], submission_file="submission.csv",
                                     nested=train_nested("a", 0.315))
     summary = metrics["summary"]
     assert summary["selected stage (lowest block CV RMSLE)"] == "a"
@@ -230,7 +231,7 @@ def test_autogluon_blend_weighs_the_nested_predictions_of_the_best_autogluon_sta
         return train.NestedCV(stage.name, truth, 0.0, [0.0] * 4, 2.0)
 
     monkeypatch.setattr(train, "nested_block_cv", fake_nested)
-    result = train.fit_stage(stages["autogluon_blend"], fit, test, profile="tiny", models_dir=tmp_path,
+    result = train.fit_stage(stages["autogluon_blend"], fit, test, config=PROFILES["tiny"], models_dir=tmp_path,
                              previous=previous)
     assert calls == ["weather_history"]  # the AutoGluon stage with the lowest own block CV
     assert result.nested.stage == "weather_history"
@@ -239,4 +240,5 @@ def test_autogluon_blend_weighs_the_nested_predictions_of_the_best_autogluon_sta
     assert np.allclose(result.test_prediction, 50.0, rtol=0.05)
     assert result.cv_rmsle < 0.05 and results.honest_cv(result) == result.cv_rmsle
     with pytest.raises(ValueError, match="autogluon_blend.*AutoGluon"):
-        train.fit_stage(stages["autogluon_blend"], fit, test, profile="tiny", models_dir=tmp_path, previous=[])
+        train.fit_stage(stages["autogluon_blend"], fit, test, config=PROFILES["tiny"], models_dir=tmp_path,
+                        previous=[])

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from bike_sharing_autogluon.src import data, train
+from bike_sharing_autogluon.src.config import PROFILES
 from tests.bike_fixtures import uci_hour
 
 pytestmark = pytest.mark.slow
@@ -25,7 +26,7 @@ def kaggle_frames():
 def test_stage_fits_scores_and_predicts_non_negative_counts(kaggle_frames, stage_name, tmp_path):
     fit, test = kaggle_frames
     stage = next(s for s in train.STAGES if s.name == stage_name)
-    result = train.fit_stage(stage, fit, test, profile="tiny", models_dir=tmp_path)
+    result = train.fit_stage(stage, fit, test, config=PROFILES["tiny"], models_dir=tmp_path)
     labels = ["casual", "registered"] if stage_name == "weather_history" else ["count"]
     assert list(result.best_models) == labels and set(result.leaderboard["target"]) == set(labels)
     assert result.test_prediction.shape == (len(test),) and (result.test_prediction >= 0).all()
@@ -50,8 +51,8 @@ def test_log_target_beats_raw_count_on_rmsle(kaggle_frames, tmp_path):
     """The point of stage 4: fitting log1p(count) optimises the competition's metric directly."""
     fit, test = kaggle_frames
     stages = {s.name: s for s in train.STAGES}
-    raw = train.fit_stage(stages["add_features"], fit, test, profile="tiny", models_dir=tmp_path)
-    logged = train.fit_stage(stages["log_target"], fit, test, profile="tiny", models_dir=tmp_path)
+    raw = train.fit_stage(stages["add_features"], fit, test, config=PROFILES["tiny"], models_dir=tmp_path)
+    logged = train.fit_stage(stages["log_target"], fit, test, config=PROFILES["tiny"], models_dir=tmp_path)
     assert logged.cv_rmsle < raw.cv_rmsle
     assert np.isfinite(logged.test_prediction).all()
 
@@ -74,7 +75,7 @@ def test_nested_block_cv_never_fits_on_the_block_it_scores(kaggle_frames, tmp_pa
         return Constant(label, rows), {}
 
     monkeypatch.setattr(train, "_fit_one", fake_fit_one)
-    nested = train.nested_block_cv(stage, fit, test, profile="tiny", models_dir=tmp_path)
+    nested = train.nested_block_cv(stage, fit, test, config=PROFILES["tiny"], models_dir=tmp_path)
     assert [(label, blocks) for label, blocks in seen] == [
         (label, {0, 1, 2, 3} - {held}) for held in range(4) for label in ("casual", "registered")]
     assert nested.stage == "weather_history" and nested.oof_prediction.shape == (len(fit),)
@@ -84,7 +85,7 @@ def test_nested_block_cv_never_fits_on_the_block_it_scores(kaggle_frames, tmp_pa
 def test_nested_block_cv_with_autogluon_scores_every_hour(kaggle_frames, tmp_path):
     fit, test = kaggle_frames
     stage = next(s for s in train.STAGES if s.name == "log_target")
-    nested = train.nested_block_cv(stage, fit, test, profile="tiny", models_dir=tmp_path)
+    nested = train.nested_block_cv(stage, fit, test, config=PROFILES["tiny"], models_dir=tmp_path)
     assert np.isfinite(nested.oof_prediction).all() and (nested.oof_prediction >= 0).all()
     assert 0 < nested.cv_rmsle < 2 and nested.fit_seconds > 0
     assert not any((tmp_path / "nested").rglob("*.pkl"))  # only the predictions are kept

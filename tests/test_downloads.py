@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from common.downloads import DownloadError, extract_zip, fetch
+from common.downloads import DownloadError, extract_zip, failure_reason, fetch
 
 ZIP_MEMBERS = {"data/train.csv": b"a,b\n1,2\n", "data/test.csv": b"a,b\n3,4\n", "README.txt": b"hi"}
 
@@ -201,3 +201,16 @@ def test_extract_zip_keeps_members_inside_dest(tmp_path):
     (extracted,) = extract_zip(archive, tmp_path / "out")
     assert Path(tmp_path / "out") in extracted.parents
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_failure_reason_gives_each_mirrors_reason_not_the_empty_headline():
+    """torchvision's message is a headline ("Error downloading FILE:") and then each mirror's reason."""
+    err = RuntimeError("Error downloading train-images-idx3-ubyte.gz:\n"
+                       "Tried https://ossci-datasets.s3.amazonaws.com/mnist/, got:\n"
+                       "<urlopen error [Errno -2] Name or service not known>\n"
+                       "Tried http://yann.lecun.com/exdb/mnist/, got:\n"
+                       "<urlopen error [Errno -2] Name or service not known>\n")
+    assert failure_reason(err) == ("[Errno -2] Name or service not known "
+                                   "(from ossci-datasets.s3.amazonaws.com, yann.lecun.com)")
+    assert failure_reason(ConnectionError("refused")) == "ConnectionError: refused"
+    assert failure_reason(TimeoutError()) == "TimeoutError"

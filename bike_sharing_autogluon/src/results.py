@@ -8,6 +8,8 @@ hours it covers: 2011 only with ISLP's copy of the data, all 6,493 with UCI's ho
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -34,6 +36,15 @@ EXTRAORDINARY_DAYS = {
 }
 ORDINARY = "RMSLE, ordinary days"
 EXTRAORDINARY = "RMSLE, extraordinary days"
+
+
+@dataclass(frozen=True)
+class DataUsed:
+    """The run's data as metrics.json describes it."""
+    source: str
+    stand_in: bool
+    truth_source: str  # where the true counts of the test hours came from ("" without them)
+    covered: str       # `hours_covered`: which test hours the Kaggle-equivalent score covers
 
 
 def hours_covered(test: pd.DataFrame, truth: pd.Series | None) -> str:
@@ -134,15 +145,15 @@ def where_the_error_is(table: pd.DataFrame, events: pd.DataFrame) -> tuple[pd.Da
     return merged, rho
 
 
-def build_metrics(*, profile: str, source: str, stand_in: bool, truth_source: str, covered: str,
-                  table: pd.DataFrame, eda_findings: dict, figures: list[dict], submission_file: str,
-                  nested=None, events: pd.DataFrame | None = None) -> dict:
+def build_metrics(*, profile: str, data: DataUsed, table: pd.DataFrame, eda_findings: dict, figures: list[dict],
+                  submission_file: str, nested=None, events: pd.DataFrame | None = None) -> dict:
     """metrics.json for the README report (the runner adds the `run` record); `nested`: the
     train.NestedCV of AutoGluon's best stage, when the run made one; `events`: `event_breakdown`'s table."""
+    covered = data.covered
     best = select_stage(table)
     kaggle = best[kaggle_label(covered)]
     has_truth = kaggle is not None and not pd.isna(kaggle)
-    note = (f"Kaggle-equivalent RMSLE uses {truth_source}: {covered}."
+    note = (f"Kaggle-equivalent RMSLE uses {data.truth_source}: {covered}."
             if has_truth else "No true test counts here: Kaggle's leaderboard is the test score.")
     summary = {
         "selected stage (lowest block CV RMSLE)": best["stage"],
@@ -189,7 +200,7 @@ def build_metrics(*, profile: str, source: str, stand_in: bool, truth_source: st
         "project": PROJECT,
         "title": TITLE,
         "profile": profile,
-        "data": {"source": source, "stand_in": bool(stand_in), "note": note},
+        "data": {"source": data.source, "stand_in": bool(data.stand_in), "note": note},
         "summary": summary,
         "stages": stages,
         "eda_findings": eda_findings,

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from bike_sharing_autogluon.src import gbm
+from bike_sharing_autogluon.src.config import Config
 from bike_sharing_autogluon.src.data import DAY_BLOCKS, block_folds, day_blocks
 from bike_sharing_autogluon.src.features import make_features, weather_history
 from common.metrics import rmsle
@@ -84,24 +85,6 @@ STAGES = [
           with_autogluon=True),
 ]
 
-# budget: seconds of AutoGluon fitting over all its stages (split by time_share, then per target, at
-# least min_seconds per fit);
-# None (tiny): no time limit, the models are small, and a limit could starve them on a busy machine;
-# gbm_rounds scales the direct models' trees; max_seeds caps the seeds of seed_average; workers:
-# processes fitting direct models side by side (one thread each). 1: on the busy shared cores of the
-# run of record, two workers were slower than one (XGBoost, 10 fits: 27-43 s vs 24 s).
-PROFILES = {
-    "tiny": {"budget": None, "hyperparameters": {"GBM": {"num_boost_round": 60}}, "trials": 2,
-             "gbm_rounds": 0.03, "max_seeds": 2, "workers": 1},
-    # quick: the three boosting libraries only; the neural net and k-NN cost minutes
-    "quick": {"budget": 150, "hyperparameters": {"GBM": {}, "CAT": {}, "XGB": {}}, "trials": 4, "min_seconds": 20,
-              "gbm_rounds": 0.4, "max_seeds": 2, "workers": 1},
-    # full: the boosting libraries too. With every stage bagged over four blocks, AutoGluon's default
-    # zoo (k-NN, random forests, the neural net) overran its time limits on busy shared cores, and a
-    # limit too short for one bagged model fails the stage ("No models were trained"): hence min_seconds.
-    "full": {"budget": 360, "hyperparameters": {"GBM": {}, "CAT": {}, "XGB": {}}, "trials": 10, "min_seconds": 30,
-             "gbm_rounds": 1.0, "max_seeds": 3, "workers": 1},
-}
 OLD_SPLIT_BLOCK = len(DAY_BLOCKS) - 1  # days 15-19: the project's first validation split
 
 
@@ -136,7 +119,7 @@ def block_scores(train: pd.DataFrame, oof_counts: np.ndarray) -> tuple[float, li
 
 def search_space(trials: int, families: dict | None = None) -> tuple[dict, dict]:
     """Hyperparameter search as the seed's third run: a few trials per model family; with a profile's
-    `families` (its `hyperparameters`), only those, with their settings kept (tiny: small GBMs)."""
+    `families` (its Config.hyperparameters), only those, with their settings kept (tiny: small GBMs)."""
     from autogluon.common import space
 
     hyperparameters = {
@@ -152,7 +135,7 @@ def search_space(trials: int, families: dict | None = None) -> tuple[dict, dict]
     return hyperparameters, {"num_trials": trials, "scheduler": "local", "searcher": "random"}
 
 
-def _fit_one(label: str, train: pd.DataFrame, *, path: Path, time_limit: float, stage: Stage, profile: dict,
+def _fit_one(label: str, train: pd.DataFrame, *, path: Path, time_limit: float, stage: Stage, config: Config,
              verbosity: int):
     """One TabularPredictor, bagged with one fold per block of days in `train["block"]`."""
     from autogluon.tabular import TabularPredictor
@@ -166,10 +149,10 @@ def _fit_one(label: str, train: pd.DataFrame, *, path: Path, time_limit: float, 
                     "num_bag_sets": 1,
                     "ag_args_fit": {"num_cpus": 1},
                     "ag_args_ensemble": {"fold_fitting_strategy": "sequential_local"}}
-    if profile["hyperparameters"] is not None:
-        kwargs["hyperparameters"] = profile["hyperparameters"]
+    if config.hyperparameters is not None:
+        kwargs["hyperparameters"] = config.hyperparameters
     if stage.tune:
-        hyperparameters, tune_kwargs = search_space(profile["trials"], profile["hyperparameters"])
+        hyperparameters, tune_kwargs = search_space(config.trials, config.hyperparameters)
         kwargs.update(hyperparameters=hyperparameters, hyperparameter_tune_kwargs=tune_kwargs)
     if stage.presets == "best_quality":
         kwargs.update(dynamic_stacking=False)  # its extra sub-fit would eat a quarter of the budget
@@ -181,9 +164,10 @@ def _fit_one(label: str, train: pd.DataFrame, *, path: Path, time_limit: float, 
     return predictor, kwargs
 
 
-def fit_stage(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, profile: str, models_dir: Path,
+def fit_stage(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, config: Config, models_dir: Path,
               verbosity: int = 0, cache: dict | None = None, previous: list[StageResult] = ()) -> StageResult:
-    """Fit one stage on all training days (block CV inside); see the module docstring.
+    """Fit one stage on all training days (block CV inside) with the budgets of `config` (one of
+    `src/config.py`'s PROFILES); see the module docstring.
 
     `cache` ((library, seed) -> gbm.ModelRun) lets the direct-model stages share the models they
     have in common (seed_average reuses gbm_blend's first seed). `previous`: the stages fitted so
@@ -192,13 +176,12 @@ def fit_stage(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, profile:
         candidate = autogluon_candidate(list(previous))
         if candidate is None:
             raise ValueError(f"stage {stage.name!r} blends in an AutoGluon stage, but none was fitted before it")
-        nested = nested_block_cv(candidate.stage, train, test, profile=profile, models_dir=models_dir,
+        nested = nested_block_cv(candidate.stage, train, test, config=config, models_dir=models_dir,
                                  verbosity=verbosity)
-        return fit_direct_stage(stage, train, test, profile=profile, cache=cache,
+        return fit_direct_stage(stage, train, test, config=config, cache=cache,
                                 autogluon=(candidate, nested))
     if stage.libraries:
-        return fit_direct_stage(stage, train, test, profile=profile, cache=cache)
-    config = PROFILES[profile]
+        return fit_direct_stage(stage, train, test, config=config, cache=cache)
     x_train, x_test = _autogluon_inputs(stage, train, test)
     labels, log_space, time_limit = _autogluon_targets(stage, config)
 
@@ -210,7 +193,7 @@ def fit_stage(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, profile:
         y = train[label].astype(float)
         predictor, settings = _fit_one(label, x_train.assign(**{label: np.log1p(y) if log_space else y}),
                                        path=models_dir / stage.name / label, time_limit=time_limit,
-                                       stage=stage, profile=config, verbosity=verbosity)
+                                       stage=stage, config=config, verbosity=verbosity)
         board = predictor.leaderboard(silent=True)
         boards.append(board.assign(target=label))
         best[label] = predictor.model_best
@@ -231,11 +214,11 @@ def _autogluon_inputs(stage: Stage, train: pd.DataFrame, test: pd.DataFrame) -> 
     return x_train, x_test
 
 
-def _autogluon_targets(stage: Stage, config: dict) -> tuple[list[str], bool, float | None]:
+def _autogluon_targets(stage: Stage, config: Config) -> tuple[list[str], bool, float | None]:
     """The labels fitted (one predictor each), whether in log1p space, and each fit's time limit."""
     labels = ["casual", "registered"] if stage.target == "casual_registered" else ["count"]
-    time_limit = None if config["budget"] is None else max(config["budget"] * stage.time_share / len(labels),
-                                                           config.get("min_seconds", 0))
+    time_limit = None if config.budget is None else max(config.budget * stage.time_share / len(labels),
+                                                        config.min_seconds)
     return labels, stage.target != "count", time_limit
 
 
@@ -248,13 +231,12 @@ class NestedCV:
     fit_seconds: float
 
 
-def nested_block_cv(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, profile: str, models_dir: Path,
+def nested_block_cv(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, config: Config, models_dir: Path,
                     verbosity: int = 0) -> NestedCV:
     """An honest block CV for an AutoGluon stage: for each block of days, the stage is fitted as it is
     for the test (same settings and time limit per fit, bagged over the remaining blocks) on the other
     blocks and predicts the held-out one, which no model, early stopping or ensemble weight has seen.
     Costs one stage fit per block; the run spends it on the AutoGluon stage that would be chosen."""
-    config = PROFILES[profile]
     x_train, _ = _autogluon_inputs(stage, train, test)
     labels, log_space, time_limit = _autogluon_targets(stage, config)
     blocks = x_train["block"].to_numpy()
@@ -266,7 +248,7 @@ def nested_block_cv(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, pr
             y = train.loc[~held, label].astype(float)
             path = models_dir / "nested" / stage.name / f"without_block_{block}" / label
             predictor, _ = _fit_one(label, x_train[~held].assign(**{label: np.log1p(y) if log_space else y}),
-                                    path=path, time_limit=time_limit, stage=stage, profile=config,
+                                    path=path, time_limit=time_limit, stage=stage, config=config,
                                     verbosity=verbosity)
             oof[held] += _to_counts(predictor.predict(x_train[held]), log_space)
             shutil.rmtree(path, ignore_errors=True)  # only its predictions are kept
@@ -281,7 +263,7 @@ def autogluon_candidate(stage_results: list[StageResult]) -> StageResult | None:
     return min(scored, key=lambda r: r.cv_rmsle) if scored else None
 
 
-def fit_direct_stage(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, profile: str,
+def fit_direct_stage(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, config: Config,
                      cache: dict | None = None,
                      autogluon: tuple[StageResult, NestedCV] | None = None) -> StageResult:
     """LightGBM / CatBoost / XGBoost on log1p(casual) and log1p(registered), fitted per day block
@@ -289,13 +271,12 @@ def fit_direct_stage(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, p
     non-negative least-squares weights fitted on the out-of-fold predictions (`gbm.py`).
     `autogluon` (an AutoGluon stage and its nested block CV) adds a blend member: its nested
     out-of-fold predictions for the weights, its test predictions for the submission."""
-    config = PROFILES[profile]
     cache = {} if cache is None else cache
     history = weather_history([train, test])
     x_train, x_test = (gbm.as_matrix(make_features(f, stage.features, history)) for f in (train, test))
     y_log = {t: np.log1p(train[t].to_numpy(dtype=float)) for t in gbm.TARGETS}
     folds = block_folds(train)
-    seeds = list(range(min(stage.seeds, config["max_seeds"])))
+    seeds = list(range(min(stage.seeds, config.max_seeds)))
 
     seconds, per_library, rows = 0.0, {}, []
     for library in stage.libraries:
@@ -303,7 +284,7 @@ def fit_direct_stage(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, p
         for seed in seeds:
             if (library, seed) not in cache:
                 cache[library, seed] = gbm.fit_model(library, seed, x_train, y_log, folds, x_test,
-                                                     rounds_scale=config["gbm_rounds"], workers=config["workers"])
+                                                     rounds_scale=config.gbm_rounds, workers=config.workers)
             runs.append(cache[library, seed])
         seconds += sum(r.seconds for r in runs)
         per_library[library] = gbm.seed_average(runs)
@@ -334,7 +315,7 @@ def fit_direct_stage(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, p
     test_pred = np.clip(np.expm1(test_log @ weights), 0, None)
     cv, per_block = block_scores(train, oof_pred)
     blend = " + ".join(f"{w:.2f} {lib}" for lib, w in zip(members, weights))
-    settings = {lib: {k: v for k, v in gbm.params(lib, 0, config["gbm_rounds"]).items()
+    settings = {lib: {k: v for k, v in gbm.params(lib, 0, config.gbm_rounds).items()
                       if k not in ("random_state", "random_seed", "verbose", "allow_writing_files")}
                 for lib in stage.libraries}
     settings["seeds"] = seeds

@@ -1,4 +1,4 @@
-"""The models the notebook trains, in story order, and what each profile spends on them.
+"""The models the notebook trains, in story order, and their epochs under a profile (`config.py`).
 
 The seed's two MLPs keep the seed's settings exactly; each later model changes one
 thing the seed listed as future work, so the comparison table reads as an ablation.
@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
+from mnist_classifier.src.config import Config
 from mnist_classifier.src.model import CNN, MLP
 from mnist_classifier.src.train import TrainConfig
 
@@ -45,23 +46,8 @@ EXPERIMENTS = (
 )
 
 
-@dataclass(frozen=True)
-class Profile:
-    train_limit: int | None  # training images used (None: all 55,000)
-    epoch_scale: float       # share of each experiment's epochs
-
-
-PROFILES = {
-    "tiny": Profile(train_limit=512, epoch_scale=0.0),   # one epoch each: seconds, for the tests
-    "quick": Profile(train_limit=10_000, epoch_scale=0.25),
-    "full": Profile(train_limit=None, epoch_scale=1.0),
-}
-
-
-def experiments(profile: str) -> list[Experiment]:
-    """EXPERIMENTS with epochs scaled for `profile` (at least one epoch each)."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
-    scale = PROFILES[profile].epoch_scale
+def experiments(config: Config) -> list[Experiment]:
+    """EXPERIMENTS with epochs scaled by `config.epoch_scale` (at least one epoch each)."""
+    scale = config.epoch_scale
     return [replace(e, config=replace(e.config, epochs=max(1, round(e.config.epochs * scale))))
             for e in EXPERIMENTS]

@@ -87,8 +87,10 @@ def train_and_report(experiment: Experiment, data: MnistData, report_dir: Path, 
     return ModelResult(experiment, model, history, row, per_class, figures, torchscript, onnx)
 
 
-# The seed's best: its improved MLP (256-128, dropout, SGD) on the MNIST test set.
-SEED_TEST_ACCURACY = 0.9757
+# What the seed reported for its two MLPs on the full MNIST test set (the notebook prints each beside
+# this run's); its best, the improved MLP (256-128, dropout, SGD), is the headline's reference.
+SEED_REPORTED = {"mlp_baseline": 0.9725, "mlp_improved": 0.9757}
+SEED_TEST_ACCURACY = SEED_REPORTED["mlp_improved"]
 
 
 def build_metrics(profile: str, data: MnistData, results: dict[str, ModelResult], table: pd.DataFrame,
