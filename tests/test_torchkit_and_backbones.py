@@ -1,4 +1,4 @@
-"""common.torchkit (device, seeds, cost) and common.backbones (offline EfficientNet-Lite0, torchvision)."""
+"""common.torchkit (device, seeds, cost, atomic save) and common.backbones (offline EfficientNet-Lite0, torchvision)."""
 from __future__ import annotations
 
 import mmap
@@ -10,6 +10,7 @@ import torch
 
 from common import backbones
 from common.downloads import DownloadError
+from common import torchkit
 from common.torchkit import measure, seed_everything, select_device, train_mode
 
 
@@ -107,35 +108,9 @@ def test_lite0_loads_imagenet_weights_offline(lite0):
     assert features.shape == (2, 1280)
 
 
-def test_freeze_leaves_only_the_last_stages_trainable_and_their_batch_norm_training(lite0):
-    lite0.freeze(0)
-    assert not any(p.requires_grad for p in lite0.module.parameters())
-    lite0.freeze(1)
-    trainable = {n for n, p in lite0.module.named_parameters() if p.requires_grad}
-    assert trainable == {"_conv_head.weight", "_bn1.weight", "_bn1.bias"}
-    lite0.set_train_mode(True)
-    assert lite0.module._bn1.training and not lite0.module._bn0.training
-    bn0_mean = lite0.module._bn0.running_mean.clone()
-    lite0.module(torch.randn(2, 3, 64, 64))
-    assert torch.equal(lite0.module._bn0.running_mean, bn0_mean)
-    lite0.set_train_mode(False)
-    assert not lite0.module._bn1.training
-    with pytest.raises(ValueError, match="trainable_stages"):
-        lite0.freeze(len(lite0.stages) + 1)
-    lite0.freeze(0)
-
-
-def test_extract_features_returns_features_and_labels(lite0):
-    batches = [(torch.randn(2, 3, 224, 224), torch.tensor([0, 1])), (torch.randn(1, 3, 224, 224), torch.tensor([1]))]
-    features, labels = backbones.extract_features(lite0.module, batches)
-    assert features.shape == (3, 1280) and labels.tolist() == [0, 1, 1]
-    with pytest.raises(ValueError, match="no batches"):
-        backbones.extract_features(lite0.module, [])
-
-
 def test_torchvision_backbones_without_weights_and_offline_download_error(monkeypatch):
     resnet = backbones.load_backbone("resnet18", pretrained=False)
-    assert resnet.module(torch.randn(1, 3, 64, 64)).shape == (1, 512) and len(resnet.stages) == 5
+    assert resnet.module(torch.randn(1, 3, 64, 64)).shape == (1, 512) and resnet.feature_dim == 512
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
@@ -145,3 +120,19 @@ def test_torchvision_backbones_without_weights_and_offline_download_error(monkey
         backbones.load_backbone("resnet18")
     with pytest.raises(ValueError, match="unknown backbone"):
         backbones.load_backbone("vgg99")
+
+
+def test_save_is_atomic_and_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = torchkit.save({"a": torch.ones(2)}, tmp_path / "sub" / "ckpt.pt")
+    assert torch.equal(torch.load(path)["a"], torch.ones(2))
+
+    def broken(obj, f):
+        open(f, "wb").write(b"half a fi")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(KeyboardInterrupt):
+        torchkit.save({"a": torch.zeros(2)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path)["a"], torch.ones(2))  # the previous file, whole
+    assert [p.name for p in path.parent.iterdir()] == ["ckpt.pt"]  # no temporary left behind

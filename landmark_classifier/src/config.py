@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import paths
-from landmark_classifier.src.transfer import FinetuneConfig, TransferConfig
+from common.transfer import FinetuneConfig
+from landmark_classifier.src.transfer import TransferConfig
 
 PROJECT = "landmark_classifier"
 PROJECT_DIR = paths.REPO_ROOT / PROJECT

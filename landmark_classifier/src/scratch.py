@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from landmark_classifier.src import data, model, optimization, train
+from common.training import History, get_loss, get_optimizer, get_scheduler
+from landmark_classifier.src import data, model, train
 from landmark_classifier.src.config import ScratchConfig
 
 EVAL_BATCH = 128
@@ -24,7 +25,7 @@ EVAL_BATCH = 128
 @dataclass
 class ScratchRun:
     model: model.LandmarkCNN
-    history: train.History
+    history: History
     train_seconds: float  # sum of the epochs' wall times
     checkpoint_dir: Path
     resumed_epochs: int  # epochs that had run before this call (0: trained here from scratch)
@@ -54,12 +55,11 @@ def train_scratch(splits: data.Splits, config: ScratchConfig, device: torch.devi
                                                                         trivial_augment=config.trivial_augment),
                                     batch_size=config.batch_size, shuffle=True, seed=seed)
     valid_loader = eval_loader(*splits.valid, splits, config)
-    optimizer = optimization.get_optimizer(cnn, config.optimizer, config.lr, config.weight_decay)
-    scheduler = optimization.get_scheduler(optimizer, config.schedule, config.epochs * len(train_loader))
+    optimizer = get_optimizer(cnn, config.optimizer, config.lr, config.weight_decay)
+    opt = train.Optimisation(get_loss(config.label_smoothing), optimizer,
+                             get_scheduler(optimizer, config.schedule, config.epochs * len(train_loader)), config.epochs)
     last = Path(checkpoints) / "last.pt"
     before = torch.load(last, weights_only=False)["epoch"] if last.exists() else 0
-    history = train.fit(cnn, train_loader, valid_loader, loss_fn=optimization.get_loss(config.label_smoothing),
-                        optimizer=optimizer, scheduler=scheduler, epochs=config.epochs, device=device,
-                        checkpoint_dir=checkpoints, resume=True, desc="scratch CNN epochs",
-                        mirror=config.mirror_eval)
+    history = train.fit(cnn, (train_loader, valid_loader), opt, device=device, checkpoint_dir=checkpoints,
+                        resume=True, desc="scratch CNN epochs", mirror=config.mirror_eval)
     return ScratchRun(cnn.eval(), history, round(sum(history.epoch_seconds), 1), Path(checkpoints), before)

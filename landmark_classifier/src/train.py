@@ -1,14 +1,15 @@
 """Train and validate loops: tqdm progress, per-batch learning-rate history, checkpoints, resume.
 
-`fit` keeps two checkpoints in `checkpoint_dir`: `best.pt` (the weights with the lowest
-validation loss so far) and `last.pt` (model, optimizer, scheduler and history after the
-latest epoch, which `resume=True` continues from). When it returns, the model holds the best
-weights, so what is evaluated and exported is the checkpoint that validated best.
+`fit` keeps two checkpoints in `checkpoint_dir`: `best.pt` (the weights of the best epoch so far,
+by `common.training.BestEpoch`: highest validation accuracy, ties to the lower loss) and `last.pt`
+(model, optimizer, scheduler and history after the latest epoch, which `resume=True` continues
+from). When it returns, the model holds the best weights, so what is evaluated and exported is
+the checkpoint that validated best.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -16,7 +17,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from common import paths
+from common import paths, torchkit
+from common.training import BestEpoch, History
 
 # Per-batch progress bars only for loaders long enough to watch; shorter epochs get the epoch bar
 # alone (in a notebook every bar is a widget, and hundreds of them bury the output).
@@ -24,17 +26,12 @@ BATCH_BAR_MIN = 50
 
 
 @dataclass
-class History:
-    train_loss: list[float] = field(default_factory=list)
-    valid_loss: list[float] = field(default_factory=list)
-    valid_accuracy: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)  # one value per batch
-    epoch_seconds: list[float] = field(default_factory=list)
-    best_epoch: int = 0  # 1-based; 0 until an epoch has run
-
-    def curves(self) -> dict[str, list[float]]:
-        """The per-epoch series, as `common.plotting.loss_curves` takes them."""
-        return {"train loss": self.train_loss, "valid loss": self.valid_loss, "valid accuracy": self.valid_accuracy}
+class Optimisation:
+    """How `fit` trains: the loss, the optimizer, its per-batch schedule, the number of epochs."""
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    epochs: int
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
@@ -86,55 +83,49 @@ def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, device: t
     return loss_fn(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
 
 
-def fit(model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, *, loss_fn: nn.Module,
-        optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-        epochs: int, device: torch.device, checkpoint_dir: Path | None = None, resume: bool = False,
-        desc: str = "epochs", mirror: bool = False) -> History:
-    """Train for `epochs` epochs in all (a resumed run does only the remaining ones); `mirror`
-    validates on the mean of the logits for each image and its mirror."""
+def fit(model: nn.Module, loaders: tuple[DataLoader, DataLoader], opt: Optimisation, *, device: torch.device,
+        checkpoint_dir: Path | None = None, resume: bool = False, desc: str = "epochs", mirror: bool = False) -> History:
+    """Train on `loaders` (train, valid) for `opt.epochs` epochs in all (a resumed run does only the
+    remaining ones); `mirror` validates on the mean of the logits for each image and its mirror."""
+    train_loader, valid_loader = loaders
     model.to(device)
-    history, start, best_loss = History(), 0, float("inf")
+    history, start, best = History(), 0, BestEpoch()
     last = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
-    best = Path(checkpoint_dir) / "best.pt" if checkpoint_dir else None
+    best_file = Path(checkpoint_dir) / "best.pt" if checkpoint_dir else None
     if resume and last is not None and last.exists():
         state = torch.load(last, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state["scheduler"] is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        history, start, best_loss = History(**state["history"]), state["epoch"], state["best_valid_loss"]
+        opt.optimizer.load_state_dict(state["optimizer"])
+        if opt.scheduler is not None and state["scheduler"] is not None:
+            opt.scheduler.load_state_dict(state["scheduler"])
+        history, start = History(**state["history"]), state["epoch"]
+        # (accuracy, loss, epoch) of the best epoch; a checkpoint from before that rule kept the loss only
+        best = BestEpoch(*state.get("best", (float("-inf"), state.get("best_valid_loss", float("inf")),
+                                             history.best_epoch)))
+        if best_file is not None and best_file.exists():
+            best.state = torch.load(best_file, map_location=device)
         print(f"resumed from {paths.display(last)} after epoch {start}")
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if best is not None and best.exists() and start > 0:
-        best_state = torch.load(best, map_location=device)
-    epoch_bar = tqdm(range(start, epochs), desc=desc, unit="epoch", initial=start, total=epochs)
+    epoch_bar = tqdm(range(start, opt.epochs), desc=desc, unit="epoch", initial=start, total=opt.epochs)
     for epoch in epoch_bar:
         started = time.perf_counter()
-        train_loss, rates = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, device,
-                                            desc=f"epoch {epoch + 1}/{epochs}")
-        valid_loss, valid_acc = evaluate(model, valid_loader, loss_fn, device, mirror=mirror)
+        train_loss, rates = train_one_epoch(model, train_loader, opt.loss_fn, opt.optimizer, opt.scheduler, device,
+                                            desc=f"epoch {epoch + 1}/{opt.epochs}")
+        valid_loss, valid_acc = evaluate(model, valid_loader, opt.loss_fn, device, mirror=mirror)
         history.train_loss.append(round(train_loss, 5))
         history.valid_loss.append(round(valid_loss, 5))
         history.valid_accuracy.append(round(valid_acc, 5))
         history.lr += rates
         history.epoch_seconds.append(round(time.perf_counter() - started, 2))
-        if valid_loss < best_loss:
-            best_loss, history.best_epoch = valid_loss, epoch + 1
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if best is not None:
-                _atomic_save(best_state, best)
+        if best.update(epoch + 1, valid_acc, valid_loss, model):
+            history.best_epoch = epoch + 1
+            if best_file is not None:
+                torchkit.save(best.state, best_file)
         if last is not None:
-            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                          "epoch": epoch + 1, "history": asdict(history), "best_valid_loss": best_loss}, last)
+            torchkit.save({"model": model.state_dict(), "optimizer": opt.optimizer.state_dict(),
+                           "scheduler": opt.scheduler.state_dict() if opt.scheduler is not None else None,
+                           "epoch": epoch + 1, "history": asdict(history),
+                           "best": (best.accuracy, best.loss, best.epoch)}, last)
         epoch_bar.set_postfix(train_loss=f"{train_loss:.3f}", valid_loss=f"{valid_loss:.3f}",
                               valid_acc=f"{valid_acc:.3f}")
-    model.load_state_dict(best_state)
+    best.restore(model)
     return history
-
-
-def _atomic_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
