@@ -173,13 +173,14 @@ def test_transforms_give_normalised_float_crops_and_loaders_batch_them():
 
 
 def test_profiles_are_defined_for_both_kinds_of_data():
+    assert list(config.PROFILES) == ["tiny", "quick", "full"]
     for profile in config.PROFILES:
         for stand_in in (True, False):
-            scratch = config.scratch_config(profile, stand_in)
-            assert scratch.resize_size >= scratch.image_size and scratch.epochs >= 1
-            assert config.transfer_config(profile, stand_in).backbones[0] == "efficientnet_lite0"
-    with pytest.raises(ValueError, match="unknown profile"):
-        config.scratch_config("huge", True)
+            budget = config.config_for(profile).budget(stand_in)
+            assert budget.scratch.resize_size >= budget.scratch.image_size and budget.scratch.epochs >= 1
+            assert budget.transfer.backbones[0] == "efficientnet_lite0"
+    with pytest.raises(ValueError, match="unknown profile 'huge'; choose from tiny, quick, full"):
+        config.config_for("huge")
 
 
 def test_notebooks_share_metrics_json_by_read_modify_write(tmp_path, tiny_dataset):

@@ -1,5 +1,6 @@
-"""The notebooks' settings: the profiles, the training budgets per profile and data kind, and where
-a run's caches and models go.
+"""The notebooks' settings, nanoGPT style: one frozen `Config` per profile (`PROFILES`, chosen with
+`config_for(PROFILE)`), holding the training budgets for real photos and for the stand-in; and
+where a run's caches and models go.
 
 Budgets depend on the data. On real photos `full` is the run of record (the issue's targets on 2
 CPU cores: transfer >= 99% test accuracy in under 10 minutes, scratch CNN >= 85% in under 30);
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import paths
+from common.profiles import choose
 from common.transfer import FinetuneConfig
 from landmark_classifier.src.transfer import TransferConfig
 
@@ -22,7 +24,6 @@ CACHE_DIR = PROJECT_DIR / ".cache"  # decoded-image and activation caches (git-i
 PREDICTOR_STEM = "landmark_predictor"  # .onnx (served) and .pt (TorchScript, the seed's format)
 PREDICTOR_FILE = f"{PREDICTOR_STEM}.onnx"
 COMMITTED_PREDICTOR = PROJECT_DIR / "models" / PREDICTOR_FILE
-PROFILES = ("tiny", "quick", "full")
 
 
 def exported_dir(report_dir: str | os.PathLike) -> Path:
@@ -35,15 +36,9 @@ def exported_dir(report_dir: str | os.PathLike) -> Path:
 
 def models_dir(profile: str) -> Path:
     """Checkpoints and exported predictors of one profile (git-ignored: `landmark_classifier/models/`)."""
-    check_profile(profile)
-    folder = PROJECT_DIR / "models" / profile
+    folder = PROJECT_DIR / "models" / config_for(profile).name
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def check_profile(profile: str) -> None:
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
 
 
 @dataclass(frozen=True)
@@ -68,52 +63,69 @@ class ScratchConfig:
         return round(self.image_size * 8 / 7)
 
 
-_SCRATCH = {
-    # (profile, stand_in) -> config. On the stand-in TrivialAugment is off: it costs more CPU per
-    # image than the small network's forward and backward pass, and the budget is minutes.
-    ("tiny", True): ScratchConfig(64, (8, 16, 32), 1, 0.1, 2, 16, 3e-3, 1e-4, 0.0, trivial_augment=False),
-    ("quick", True): ScratchConfig(64, (24, 48, 96, 192), 1, 0.2, 8, 32, 3e-3, 0.05, 0.1, trivial_augment=False),
-    ("full", True): ScratchConfig(80, (32, 64, 128, 256), 1, 0.2, 30, 32, 3e-3, 0.05, 0.1, trivial_augment=False),
-    ("tiny", False): ScratchConfig(64, (8, 16, 32), 1, 0.1, 1, 32, 3e-3, 1e-4, 0.0),
-    ("quick", False): ScratchConfig(96, (32, 64, 128, 256), 1, 0.3, 10, 32, 3e-3, 0.05, 0.1),
-    # 112 px crops of photos decoded once at 128 px: ~50 s an epoch on 2 busy cores
-    ("full", False): ScratchConfig(112, (32, 64, 128, 256), 1, 0.3, 40, 32, 3e-3, 0.05, 0.1),
-}
+@dataclass(frozen=True)
+class Budget:
+    """What a profile trains on one kind of data."""
+    scratch: ScratchConfig
+    transfer: TransferConfig
+
+
+@dataclass(frozen=True)
+class Config:
+    """One profile. Budgets depend on the data: real photos, or the small generated stand-in that
+    every profile keeps to minutes (`standin_size`: the tests' tiny profile uses a smaller one)."""
+    name: str
+    real: Budget
+    stand_in: Budget
+    standin_size: str = "standard"
+
+    def budget(self, stand_in: bool) -> Budget:
+        return self.stand_in if stand_in else self.real
+
 
 LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-_TRANSFER = {
-    # The cached pass makes fine-tuning the last blocks cheap (seconds per epoch on 2 cores).
-    # `tiny` (the tests) walks full's code path with tiny budgets: two backbones at two decode sizes,
-    # a strength search, fine-tuning, the time budget; so what breaks `make run` breaks the tests.
-    ("tiny", True): TransferConfig(("efficientnet_lite0", "efficientnet_lite1"), 1, (0.3, 1.0),
-                                   FinetuneConfig(epochs=1, lr=3e-4, batch_size=16), budget_seconds=600),
-    ("quick", True): TransferConfig(("efficientnet_lite0",), 2, (0.3, 1.0), FinetuneConfig(epochs=4, lr=3e-4)),
-    ("full", True): TransferConfig(LITE, 2, (0.3, 1.0, 3.0, 10.0), FinetuneConfig(epochs=8, lr=3e-4),
-                                   budget_seconds=600),
-    ("tiny", False): TransferConfig(("efficientnet_lite0", "efficientnet_lite1"), 1, (0.3, 1.0),
-                                    FinetuneConfig(epochs=1, lr=3e-4), budget_seconds=1800),
-    # quick, a first look: Lite0's frozen features and a logistic head, no fine-tuning. Its cost is
-    # decoding the photos and one trunk pass over them (cached: a second run takes seconds).
-    ("quick", False): TransferConfig(("efficientnet_lite0",), 2, (1.0, 3.0), None),
-    # The issue's 10 minutes on 2 cores is for the chosen model's training; comparing the three
-    # backbones (a pass over every photo and its mirror each) gets 30, so a busy machine skips some.
-    ("full", False): TransferConfig(LITE, 2, (0.3, 1.0, 3.0, 10.0), FinetuneConfig(epochs=2, lr=3e-4),
-                                    budget_seconds=1800),
-}
+# On the stand-in TrivialAugment is off: it costs more CPU per image than the small network's forward
+# and backward pass, and the budget is minutes.
+_TINY_CNN = dict(widths=(8, 16, 32), blocks_per_stage=1, dropout=0.1, lr=3e-3, weight_decay=1e-4, label_smoothing=0.0)
+_CNN = dict(blocks_per_stage=1, lr=3e-3, weight_decay=0.05, label_smoothing=0.1)
+# The cached pass makes fine-tuning the last blocks cheap (seconds per epoch on 2 cores).
+# `tiny` (the tests) walks full's code path with tiny budgets: two backbones at two decode sizes,
+# a strength search, fine-tuning, the time budget; so what breaks `make run` breaks the tests.
+_TINY_TRANSFER = dict(backbones=("efficientnet_lite0", "efficientnet_lite1"), top_blocks=1, Cs=(0.3, 1.0))
+
+TINY = Config(
+    "tiny",
+    real=Budget(ScratchConfig(64, **_TINY_CNN, epochs=1, batch_size=32),
+                TransferConfig(**_TINY_TRANSFER, finetune=FinetuneConfig(epochs=1, lr=3e-4), budget_seconds=1800)),
+    stand_in=Budget(ScratchConfig(64, **_TINY_CNN, epochs=2, batch_size=16, trivial_augment=False),
+                    TransferConfig(**_TINY_TRANSFER, finetune=FinetuneConfig(epochs=1, lr=3e-4, batch_size=16),
+                                   budget_seconds=600)),
+    standin_size="small",
+)
+QUICK = Config(
+    "quick",
+    real=Budget(ScratchConfig(96, (32, 64, 128, 256), dropout=0.3, epochs=10, batch_size=32, **_CNN),
+                # a first look: Lite0's frozen features and a logistic head, no fine-tuning. Its cost is
+                # decoding the photos and one trunk pass over them (cached: a second run takes seconds).
+                TransferConfig(("efficientnet_lite0",), 2, (1.0, 3.0), None)),
+    stand_in=Budget(ScratchConfig(64, (24, 48, 96, 192), dropout=0.2, epochs=8, batch_size=32, trivial_augment=False,
+                                  **_CNN),
+                    TransferConfig(("efficientnet_lite0",), 2, (0.3, 1.0), FinetuneConfig(epochs=4, lr=3e-4))),
+)
+FULL = Config(
+    "full",
+    # 112 px crops of photos decoded once at 128 px: ~50 s an epoch on 2 busy cores. The issue's 10
+    # minutes on 2 cores is for the chosen model's training; comparing the three backbones (a pass
+    # over every photo and its mirror each) gets 30, so a busy machine skips some.
+    real=Budget(ScratchConfig(112, (32, 64, 128, 256), dropout=0.3, epochs=40, batch_size=32, **_CNN),
+                TransferConfig(LITE, 2, (0.3, 1.0, 3.0, 10.0), FinetuneConfig(epochs=2, lr=3e-4), budget_seconds=1800)),
+    stand_in=Budget(ScratchConfig(80, (32, 64, 128, 256), dropout=0.2, epochs=30, batch_size=32, trivial_augment=False,
+                                  **_CNN),
+                    TransferConfig(LITE, 2, (0.3, 1.0, 3.0, 10.0), FinetuneConfig(epochs=8, lr=3e-4), budget_seconds=600)),
+)
+PROFILES = {config.name: config for config in (TINY, QUICK, FULL)}
 
 
-def scratch_config(profile: str, stand_in: bool) -> ScratchConfig:
-    check_profile(profile)
-    return _SCRATCH[(profile, stand_in)]
-
-
-def transfer_config(profile: str, stand_in: bool) -> TransferConfig:
-    check_profile(profile)
-    return _TRANSFER[(profile, stand_in)]
-
-
-def standin_size(profile: str) -> str:
-    """The tests' tiny profile uses a smaller stand-in than quick and full."""
-    check_profile(profile)
-    return "small" if profile == "tiny" else "standard"
-
+def config_for(profile: str) -> Config:
+    """The profile's `Config`, or a ValueError naming the profiles there are."""
+    return choose(PROFILES, profile)

@@ -6,12 +6,19 @@ so a run of the notebooks in order leaves one record of the run.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from common import report
 from landmark_classifier.src.config import PROJECT
-from landmark_classifier.src.data import LandmarkData
+from landmark_classifier.src.data import GLDV2_FOLDER, LandmarkData
+from landmark_classifier.src.evaluate import Evaluation
+from landmark_classifier.src.export import Exported
+from landmark_classifier.src.transfer import Comparison, TransferConfig
 
 TITLE = "Landmark classification (CNN from scratch, transfer learning, ONNX predictor)"
 
@@ -42,3 +49,78 @@ def update_metrics(report_dir: str | os.PathLike, *, profile: str, data: Landmar
         metrics[key] = [item for item in metrics.get(key, []) if item["title"] not in titles] + new
     metrics.update(sections)
     return report.write_metrics(folder, metrics)
+
+
+CANDIDATES_TITLE = "Transfer learning: candidates, scored on validation (test used once, for the chosen one)"
+
+
+@dataclass
+class TransferRun:
+    """What `transfer_learning.ipynb` measured, for `record_transfer`."""
+    comparison: Comparison
+    config: TransferConfig
+    comparison_seconds: float
+    exported: Exported
+    test: Evaluation  # the chosen model, scored once through the exported file
+    test_paths: list[Path]
+    labels: np.ndarray
+    names: list[str]  # display names, by class index
+    figures: list[dict]  # {"title", "path"} of the fine-tuning curves and the test figures
+
+    @property
+    def chosen_label(self) -> str:
+        chosen = self.comparison.selection.chosen
+        return f"{chosen.backbone}, {chosen.method}"
+
+    def candidates_table(self) -> pd.DataFrame:
+        """Every candidate's validation scores, the chosen one marked, and the backbones not run."""
+        selection = self.comparison.selection
+        table = pd.DataFrame([c.row() for c in selection.candidates])
+        table["chosen"] = [c is selection.chosen for c in selection.candidates]
+        skipped = [{"backbone": name, "method": "(not run)", "detail": why}
+                   for name, why in self.comparison.skipped.items()]
+        return pd.concat([table, pd.DataFrame(skipped)], ignore_index=True)
+
+
+def record_transfer(report_dir: str | os.PathLike, profile: str, data: LandmarkData, run: TransferRun) -> Path:
+    """Add the transfer-learning part (headline, summary, tables, figures, details) to metrics.json."""
+    selection, chosen, result = run.comparison.selection, run.comparison.selection.chosen, run.test
+    scratch = report.read_metrics(report_dir).get("summary", {}).get("scratch CNN test accuracy")
+    data_label = ("real GLDv2 photos, 12 landmarks (not the Udacity 50)" if data.name == GLDV2_FOLDER
+                  else data.source.split(";")[0])
+    per_class = result.per_class
+    update_metrics(
+        report_dir, profile=profile, data=data,
+        headline={"metric": "test accuracy: transfer learning (chosen on validation) / scratch CNN",
+                  "seed": "75% / 51% on the Udacity 50 classes (not comparable)",
+                  "value": f"{result.accuracy:.1%} / " + ("n/a" if scratch is None else f"{scratch:.1%}"),
+                  "data": data_label},
+        highlights={"tables": [CANDIDATES_TITLE, "Scratch CNN",
+                               "Predictor: TorchScript vs ONNX Runtime (CPU, one run; last row: ratios)"],
+                    "figures": ["Transfer: confusion matrix (test)", "Transfer: misclassified test photos",
+                                "Scratch CNN: loss, accuracy and learning rate"]},
+    )
+    exported = run.exported
+    return update_metrics(
+        report_dir, profile=profile, data=data,
+        summary={**result.summary("transfer learning"),
+                 "transfer learning model": run.chosen_label,
+                 "transfer learning validation accuracy": round(chosen.valid_accuracy, 4),
+                 "transfer learning training seconds": round(chosen.train_seconds, 1),
+                 "transfer learning comparison seconds (all candidates)": run.comparison_seconds,
+                 "transfer learning test scored on": f"{exported.onnx_path.name} through predictor.py, from the photo files"},
+        tables=[report.table(CANDIDATES_TITLE, run.candidates_table()),
+                report.table("Transfer learning: test accuracy per class", per_class.round(4))],
+        figures=run.figures,
+        transfer={"chosen": run.chosen_label, "selection": selection.reason, "test_accuracy": round(result.accuracy, 4),
+                  "test_scored_on": "the exported ONNX file (predictor.py)",
+                  "validation_accuracy": round(chosen.valid_accuracy, 4), "train_seconds": round(chosen.train_seconds, 1),
+                  "candidates": [c.row() for c in selection.candidates], "skipped": run.comparison.skipped,
+                  "config": {k: str(v) for k, v in run.config.__dict__.items()},
+                  "predictor": {"onnx": exported.onnx_path.name, "onnx_mb": exported.onnx_mb,
+                                "torchscript": exported.torchscript_path.name, "torchscript_mb": exported.torchscript_mb,
+                                "torchscript_export": exported.torchscript_how, "metadata": exported.metadata},
+                  "per_class_accuracy": dict(zip(per_class["class"], per_class["accuracy"].round(4).tolist())),
+                  "misclassified": [{"photo": run.test_paths[i].name, "true": run.names[run.labels[i]],
+                                     "predicted": run.names[result.predicted[i]]} for i in result.wrong]},
+    )

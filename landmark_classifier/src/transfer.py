@@ -176,3 +176,65 @@ def compare(config: TransferConfig, images_for, cache_dir: Path | None = None) -
             spent += max(c.train_seconds for c in fitted)
             spent_flops += GIGA_FLOPS.get(name, max(GIGA_FLOPS.values()))
     return Comparison(select(candidates), skipped, round(memory.peak_bytes / 2**20, 1), loaded)
+
+
+# ------------------------------------------------------------- a fine-tuning choice, by CV
+
+def cross_validate(data: BackboneData, variants: dict[str, FinetuneConfig], *, C: float = 1.0, folds: int = 5,
+                   seed: int = 0) -> dict[str, dict]:
+    """Stratified k-fold accuracy (served: image + mirror) of fine-tuning variants on the training and
+    validation photos pooled; the test photos are not read. Each fold starts from a logistic head of
+    strength `C` fitted on that fold's training part, as the comparison does."""
+    from sklearn.model_selection import StratifiedKFold
+
+    pooled = Activations(torch.cat([data.train.plain, data.valid.plain]), torch.cat([data.train.mirror, data.valid.mirror]))
+    labels = torch.cat([data.train_y, data.valid_y])
+    correct = {name: 0 for name in variants}
+    seconds = {name: 0.0 for name in variants}
+    for fit, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(labels.numpy(), labels.numpy()):
+        fit_acts, held_acts = pooled.subset(fit), pooled.subset(held)
+        features = mirror_mean(data.top, fit_acts)
+        head = fit_logistic_head(features, labels[fit], features, labels[fit], Cs=(C,))
+        for name, config in variants.items():
+            started = time.perf_counter()
+            top, linear, _ = fit_top(data.top, head.linear, fit_acts, labels[fit], None, None, config)
+            seconds[name] += time.perf_counter() - started
+            predicted = mirror_mean(nn.Sequential(top, linear), held_acts, mirror=config.mirror).argmax(1)
+            correct[name] += int((predicted == labels[held]).sum())
+    return {name: {"accuracy": round(correct[name] / len(labels), 4), "correct": correct[name],
+                   "photos": len(labels), "folds": folds, "fit seconds": round(seconds[name], 1)} for name in variants}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m landmark_classifier.src.transfer: fine-tuning with and without drop connect, by k-fold CV."""
+    import argparse
+    import json
+    from dataclasses import replace
+
+    from common import paths
+    from landmark_classifier.src import data as landmark_data
+    from landmark_classifier.src.config import CACHE_DIR, config_for
+
+    parser = argparse.ArgumentParser(prog="python -m landmark_classifier.src.transfer", description=(
+        "Cross-validate the fine-tuning of the full profile with drop connect off and on (the choice "
+        "common.transfer.FinetuneConfig.drop_connect documents), on the training photos only."))
+    parser.add_argument("--data-dir", default=None, help="default: $DATA_DIR, else <repo>/data")
+    parser.add_argument("--dataset", default="landmark_gldv2", help="a folder under DATA_DIR (Udacity layout)")
+    parser.add_argument("--backbone", default="efficientnet_lite2")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the full profile's")
+    args = parser.parse_args(argv)
+    landmarks = landmark_data.locate(paths.data_dir(args.data_dir), dataset=args.dataset)
+    config = config_for("full").budget(landmarks.stand_in).transfer
+    tune = config.finetune if args.epochs is None else replace(config.finetune, epochs=args.epochs)
+    backbone = load_backbone(args.backbone)
+    splits = landmark_data.load_splits(landmarks, backbone.resize_size, CACHE_DIR)
+    prepared = prepare(backbone, splits.train, splits.valid, config, CACHE_DIR)
+    variants = {f"drop_connect={flag}": replace(tune, drop_connect=flag) for flag in (False, True)}
+    result = cross_validate(prepared, variants, folds=args.folds)
+    print(json.dumps({"data": landmarks.source, "backbone": backbone.name, "epochs": tune.epochs, **result}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
