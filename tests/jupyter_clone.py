@@ -6,7 +6,10 @@ what a clone of this checkout would hold (tracked files and new files git does n
 new git repository, so `tracked_changes` shows exactly what a run changed there."""
 from __future__ import annotations
 
+import base64
+import re
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -60,3 +63,38 @@ def outputs_text(nb: nbformat.NotebookNode, stream: str | None = None) -> str:
             if output.get("output_type") == "stream" and stream in (None, output.get("name")):
                 parts.append(output.get("text", ""))
     return "".join(parts)
+
+
+# What a user sees as broken after Run All: a red stderr block that warns (UserWarning, a logged
+# WARNING, matplotlib's "constrained_layout not applied"), or a figure collapsed into a sliver or
+# blown up past any screen (the MNIST chart once rendered 4224 x 333 px).
+WARNS = re.compile(r"Warning|WARNING")
+MAX_ASPECT = 4.0   # width / height between 1/4 and 4
+MAX_SIDE = 3000    # pixels
+
+
+def png_size(data: str | bytes) -> tuple[int, int]:
+    """(width, height) of a PNG, base64 as Jupyter stores it or raw bytes, read from its IHDR chunk."""
+    raw = base64.b64decode(data) if isinstance(data, str) else data
+    if raw[:8] != b"\x89PNG\r\n\x1a\n" or raw[12:16] != b"IHDR":
+        raise ValueError("not a PNG")
+    return struct.unpack(">II", raw[16:24])
+
+
+def output_problems(nb: nbformat.NotebookNode) -> list[str]:
+    """Each stderr output that warns, and each PNG whose aspect ratio or size is not sane, named by
+    its cell (index and first line) and what it showed."""
+    problems = []
+    for index, cell in enumerate(nb.cells):
+        where = f"cell {index} ({cell.source.splitlines()[0] if cell.source else ''!r})"
+        for output in cell.get("outputs", []):
+            text = output.get("text", "")
+            if output.get("output_type") == "stream" and output.get("name") == "stderr" and WARNS.search(text):
+                line = next(line for line in text.splitlines() if WARNS.search(line))
+                problems.append(f"{where}: a warning on stderr: {line.strip()[:300]}")
+            png = output.get("data", {}).get("image/png")
+            if png:
+                width, height = png_size(png)
+                if not (1 / MAX_ASPECT <= width / height <= MAX_ASPECT) or max(width, height) >= MAX_SIDE:
+                    problems.append(f"{where}: a {width} x {height} px figure")
+    return problems
