@@ -182,6 +182,8 @@ class ActivationCache:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
         self.trunk, self.engine, self.batch_size = trunk.eval(), engine, batch_size
+        if engine == "torch":  # here, not under inference mode: weights converted there could not train later
+            self.trunk.to(memory_format=torch.channels_last)
         self.path = None if path is None else Path(path)
         self.store: dict[str, torch.Tensor] = {}   # key -> 2 x C x h x w (image, mirror)
         self.cost: dict[str, float] = {}           # key -> seconds its pass took
@@ -218,7 +220,7 @@ class ActivationCache:
     @torch.inference_mode()
     def _run(self, batch: torch.Tensor) -> torch.Tensor:
         if self.engine == "torch":
-            return self.trunk.to(memory_format=torch.channels_last)(batch).contiguous()
+            return self.trunk(batch).contiguous()
         shape = tuple(batch.shape[1:])
         if shape not in self._sessions:
             self._sessions[shape] = self._export(batch[:2])

@@ -1,25 +1,22 @@
 """Local model: EfficientNet-Lite0 (ImageNet weights, offline) fine-tuned on its last blocks, on the CPU.
 
-The network is cut in two at block `split_block`. The *trunk* (stem + early blocks) stays frozen, so
-its activations are computed once per image (and once for its mirror image, the augmentation) and
-cached on disk, keyed by the image's content; the *head* (the remaining blocks, the 1x1 head
-convolution and a new 2-class linear layer) trains on those activations. Training the late,
-low-resolution blocks costs a fraction of a forward pass, which is how fine-tuning fits in minutes on
-2 cores. The trunk pass itself runs in ONNX Runtime (measured here: 2.6x faster than eager PyTorch
-on 2 busy cores for Lite2 at 160 px).
+Built on the shared transfer kit (`common.transfer`, which the landmark project uses too). The
+network is cut at block `split_block`: the *trunk* (stem + early blocks) stays frozen, so its
+activations are computed once per image and once for its mirror image (the augmentation), in ONNX
+Runtime, and cached on disk keyed by the image's content; the *top* (the remaining blocks, the 1x1
+head convolution) and a new 2-class linear layer train on those activations (`fit_top`). Training
+the late, low-resolution blocks costs a fraction of a forward pass, which is how fine-tuning fits
+in minutes on 2 cores.
 
 The trained model is exported to ONNX (`export`): it takes what the server receives, a uint8
 `N x 3 x H x W` RGB batch of any size, resizes and normalises inside the graph, averages the
-prediction of the image and its mirror image (test-time flip, when the config says so) and returns
+logits of the image and its mirror image (test-time flip, when the config says so) and returns
 class probabilities. Class names, the input contract and the training run travel in the file's
-metadata, so serving needs neither this module nor torch (`src/predictor.py`).
+metadata, so serving needs neither this module nor torch (`serving/predictor.py`).
 """
 from __future__ import annotations
 
 import copy
-import hashlib
-import logging
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,13 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common import transfer
 from common.backbones import Backbone, load_backbone
-from common.torchkit import train_mode
-from common.serving import export_onnx, load_onnx
+from common.serving import export_onnx
+from common.transfer import image_key  # noqa: F401 - the content key retrain dedupes captures by
 
 from .data import CLASSES
-
-log = logging.getLogger(__name__)
 
 INPUT_CONTRACT = "uint8 N x 3 x H x W RGB, any size"
 
@@ -66,7 +62,16 @@ class TrainConfig:
     tta: bool = True           # average the prediction of the image and its mirror image
     val_fraction: float = 0.15
     seed: int = 0
-    trunk_engine: str = "onnxruntime"  # or "torch" (tests: no export needed)
+    trunk_engine: str = transfer.ENGINE  # or "torch" (tests: no export needed)
+    dropout: float = 0.2       # before the linear layer, while training (Lite0's own rate)
+    drop_connect: bool = False  # train the top's stochastic depth too: see common.transfer.FinetuneConfig
+
+    def finetune(self) -> transfer.FinetuneConfig:
+        """The kit's fine-tuning settings for this configuration."""
+        return transfer.FinetuneConfig(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
+                                       label_smoothing=self.label_smoothing, batch_size=self.batch_size,
+                                       dropout=self.dropout, schedule="onecycle", drop_connect=self.drop_connect,
+                                       mirror=self.tta, seed=self.seed)
 
 
 PROFILES = {
@@ -77,67 +82,26 @@ PROFILES = {
 
 
 class SconesNet(nn.Module):
-    """uint8 images -> resize + normalise -> frozen trunk -> trainable head -> probabilities (N x 2)."""
+    """uint8 images -> resize + normalise -> frozen trunk -> trainable top -> linear -> probabilities (N x 2)."""
 
     def __init__(self, backbone: Backbone, config: TrainConfig, num_classes: int = len(CLASSES)) -> None:
         super().__init__()
-        net = backbone.module
         self.resolution, self.tta, self.backbone_name = config.resolution, config.tta, backbone.name
         self.mean_values, self.std_values = list(backbone.mean), list(backbone.std)
-        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1) * 255)
-        self.stem = nn.Sequential(net._conv_stem, net._bn0, copy.deepcopy(net._swish))
-        self.trunk_blocks = nn.ModuleList(net._blocks[:config.split_block])
-        self.head_blocks = nn.ModuleList(net._blocks[config.split_block:])
-        self.head_conv = nn.Sequential(net._conv_head, net._bn1, copy.deepcopy(net._swish))
-        n_blocks = len(net._blocks)
-        rate = net._global_params.drop_connect_rate or 0.0
-        self.drop_rates = [rate * (config.split_block + i) / n_blocks for i in range(len(self.head_blocks))]
-        self.dropout = nn.Dropout(net._global_params.dropout_rate)
-        self.classifier = nn.Linear(backbone.feature_dim, num_classes)
-        for p in [*self.stem.parameters(), *self.trunk_blocks.parameters()]:
-            p.requires_grad_(False)
+        trunk, top = transfer.split(backbone, len(backbone.module._blocks) - config.split_block)
+        self.prepare = transfer.Prepare(backbone, config.resolution, "resize")
+        self.net = transfer.Classifier(trunk, top, nn.Linear(backbone.feature_dim, num_classes), config.dropout)
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 N x 3 x H x W (any size) -> normalised N x 3 x R x R. The output size is a constant, so
-        the exported graph takes every input size (no arithmetic on the input's size to freeze)."""
-        x = F.interpolate(images.float(), size=(self.resolution, self.resolution), mode="bilinear",
-                          align_corners=False, antialias=True)
-        return (x - self.mean) / self.std
-
-    def trunk(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.stem(self.preprocess(images))
-        for block in self.trunk_blocks:
-            x = block(x)
-        return x
-
-    def logits_from_trunk(self, x: torch.Tensor) -> torch.Tensor:
-        for block, rate in zip(self.head_blocks, self.drop_rates):
-            x = block(x, drop_connect_rate=rate)
-        x = self.head_conv(x).mean(dim=(2, 3))
-        return self.classifier(self.dropout(x))
+    def trunk(self) -> nn.Module:
+        """uint8 images -> the frozen trunk's activations: what the activation cache runs."""
+        return nn.Sequential(self.prepare, self.net.trunk)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.tta:  # one batch of 2N: the images and their mirror images
+        if self.tta:  # one batch of 2N: the images and their mirror images; the mean of their logits
             n = images.shape[0]
-            both = torch.softmax(self.logits_from_trunk(self.trunk(torch.cat([images, images.flip(3)]))), dim=1)
-            return (both[:n] + both[n:]) / 2
-        return torch.softmax(self.logits_from_trunk(self.trunk(images)), dim=1)
-
-    def train_head(self, training: bool = True) -> None:
-        """Train mode (dropout, drop connect) with every BatchNorm on its ImageNet statistics: with
-        batches of 32 and this library's momentum of 0.01, re-estimated statistics lag the weights
-        for epochs, and evaluation then sees a different network than training did."""
-        train_mode(self, training, eval_batch_norm="all")
-
-
-class _Trunk(nn.Module):
-    def __init__(self, net: SconesNet) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net.trunk(images)
+            logits = self.net(self.prepare(torch.cat([images, images.flip(3)])))
+            return torch.softmax((logits[:n] + logits[n:]) / 2, dim=1)
+        return torch.softmax(self.net(self.prepare(images)), dim=1)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -145,70 +109,11 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.asarray(images, dtype=np.uint8).transpose(0, 3, 1, 2)))
 
 
-# ----------------------------------------------------------------------------- activation cache
-
-def image_key(image: np.ndarray) -> str:
-    return hashlib.sha1(f"{image.shape}".encode() + np.ascontiguousarray(image).tobytes()).hexdigest()[:20]
-
-
-def _cache_name(config: TrainConfig) -> str:
-    return f"trunk_{config.backbone}_{config.resolution}px_split{config.split_block}"
-
-
-class ActivationCache:
-    """Trunk activations per image content (float16 on disk), so any subset of images (a validation fold,
-    the training set plus captured images) reuses what was computed before."""
-
-    def __init__(self, config: TrainConfig, cache_dir: Path | None) -> None:
-        self.config = config
-        self.path = None if cache_dir is None else Path(cache_dir) / f"{_cache_name(config)}.pt"
-        self.store: dict[str, torch.Tensor] = {}
-        if self.path is not None and self.path.is_file():
-            self.store = torch.load(self.path)
-        self.computed = 0
-
-    def missing(self, images: np.ndarray) -> list[int]:
-        return [i for i, image in enumerate(images) if image_key(image) not in self.store]
-
-    def get(self, model: SconesNet, images: np.ndarray, batch_size: int = 64) -> torch.Tensor:
-        """The trunk's output for `images` (float32), computing and saving the missing ones."""
-        missing = self.missing(images)
-        if missing:
-            log.info("trunk pass for %d image(s) (%s, %s)", len(missing), _cache_name(self.config),
-                     self.config.trunk_engine)
-            run = self._runner(model)
-            for start in range(0, len(missing), batch_size):
-                chunk = missing[start:start + batch_size]
-                out = run(images[chunk])
-                for i, activation in zip(chunk, out):
-                    self.store[image_key(images[i])] = activation.to(torch.float16).clone()
-            self.computed += len(missing)
-            self._save()
-        return torch.stack([self.store[image_key(image)] for image in images]).float()
-
-    def _runner(self, model: SconesNet):
-        model.eval()
-        if self.config.trunk_engine == "torch":
-            def run(batch: np.ndarray) -> torch.Tensor:
-                with torch.inference_mode():
-                    return model.trunk(to_tensor(batch))
-            return run
-        folder = self.path.parent if self.path is not None else Path(tempfile.mkdtemp(prefix="scones-trunk-"))
-        onnx_path = folder / f"{_cache_name(self.config)}.onnx"
-        if not onnx_path.is_file():
-            example = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-            export_onnx(_Trunk(model), example, onnx_path, metadata={"what": "frozen trunk for caching"},
-                        check_inputs=[torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)], atol=1e-3)
-        session = load_onnx(onnx_path, threads=2)
-        return lambda batch: torch.from_numpy(session.run(to_tensor(batch).numpy()))
-
-    def _save(self) -> None:
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(self.store, tmp)
-        tmp.replace(self.path)
+def activation_cache(model: SconesNet, config: TrainConfig, cache_dir: Path | None) -> transfer.ActivationCache:
+    """The kit's cache of this configuration's trunk (one file per backbone, resolution and cut)."""
+    name = f"activations_{config.backbone}_{config.resolution}px_split{config.split_block}.pt"
+    return transfer.ActivationCache(model.trunk(), None if cache_dir is None else Path(cache_dir) / name,
+                                    engine=config.trunk_engine, batch_size=64)
 
 
 def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -241,73 +146,20 @@ class TrainResult:
     extra: dict = field(default_factory=dict)
 
 
-@torch.no_grad()
-def _logits(model: SconesNet, acts: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model.logits_from_trunk(acts[i:i + 128]) for i in range(0, len(acts), 128)])
+def fit_head(model: SconesNet, fit: transfer.Activations, fit_y: torch.Tensor, config: TrainConfig,
+             val: tuple[transfer.Activations, torch.Tensor] | None = None) -> transfer.History:
+    """Train the model's top and linear layer on activations (`common.transfer.fit_top`: images and
+    mirrors, the best epoch by `BestEpoch` with `val`, else the last); the model keeps the result."""
+    valid, valid_y = val if val is not None else (None, None)
+    model.net.top, model.net.head, history = transfer.fit_top(model.net.top, model.net.head, fit, fit_y, valid,
+                                                              valid_y, config.finetune())
+    return history
 
 
-def _evaluate(model: SconesNet, acts: torch.Tensor, mirror_acts: torch.Tensor | None, labels: torch.Tensor
-              ) -> tuple[float, float]:
-    """Validation loss and accuracy of the served prediction (with the test-time flip if configured)."""
-    probs = torch.softmax(_logits(model, acts), 1)
-    if mirror_acts is not None:
-        probs = (probs + torch.softmax(_logits(model, mirror_acts), 1)) / 2
-    loss = F.nll_loss(torch.log(probs.clamp_min(1e-8)), labels).item()
-    return loss, (probs.argmax(1) == labels).float().mean().item()
-
-
-def fit_head(model: SconesNet, fit_acts: torch.Tensor, fit_y: torch.Tensor, config: TrainConfig,
-             val: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
-             ) -> tuple[dict[str, list[float]], int, float]:
-    """Train the head on activations; with `val`, keep the epoch of best validation accuracy (ties:
-    lower loss). Returns (history, best epoch, best validation accuracy).
-
-    Reproducible: the batch order has its own generator, and dropout / drop connect draw from torch's
-    global one, seeded here inside `fork_rng` so the caller's random state is left as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        return _fit_head(model, fit_acts, fit_y, config, val)
-
-
-def _fit_head(model: SconesNet, fit_acts: torch.Tensor, fit_y: torch.Tensor, config: TrainConfig,
-              val: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None
-              ) -> tuple[dict[str, list[float]], int, float]:
-    generator = torch.Generator().manual_seed(config.seed)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    steps = config.epochs * -(-len(fit_acts) // config.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.2)
-    history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "val_accuracy": []}
-    best, best_state, best_epoch = (-1.0, float("inf")), None, config.epochs
-    for epoch in range(1, config.epochs + 1):
-        model.train_head()
-        order = torch.randperm(len(fit_acts), generator=generator)
-        total = 0.0
-        for start in range(0, len(order), config.batch_size):
-            batch = order[start:start + config.batch_size]
-            loss = F.cross_entropy(model.logits_from_trunk(fit_acts[batch]), fit_y[batch],
-                                   label_smoothing=config.label_smoothing)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += loss.item() * len(batch)
-        history["train_loss"].append(total / len(order))
-        if val is None:
-            continue
-        val_loss, val_acc = _evaluate(model, *val)
-        history["val_loss"].append(val_loss)
-        history["val_accuracy"].append(val_acc)
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val accuracy %.4f", epoch, total / len(order),
-                 val_loss, val_acc)
-        if (val_acc, -val_loss) > (best[0], -best[1]):
-            best, best_epoch = (val_acc, val_loss), epoch
-            best_state = copy.deepcopy(model.state_dict())
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return history, best_epoch, best[0]
+def scores(model: SconesNet, acts: transfer.Activations, labels: torch.Tensor, *, mirror: bool) -> tuple[float, float]:
+    """(loss, accuracy) of the served prediction on cached activations (`mirror`: with the test-time flip)."""
+    logits = transfer.mirror_mean(nn.Sequential(model.net.top, model.net.head), acts, mirror=mirror)
+    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
 
 
 def build(config: TrainConfig) -> SconesNet:
@@ -317,32 +169,27 @@ def build(config: TrainConfig) -> SconesNet:
 def train(images: np.ndarray, labels: np.ndarray, config: TrainConfig, *, cache_dir: Path | None = None,
           extra_images: np.ndarray | None = None, extra_labels: np.ndarray | None = None,
           init_state: dict | None = None) -> TrainResult:
-    """Fine-tune the head on a stratified fit split of `images`; keep the epoch with the best validation
-    accuracy. `extra_images` (e.g. pseudo-labelled captures) join the fit split only, so validation stays
+    """Fine-tune the top on a stratified fit split of `images`; keep the best epoch on validation.
+    `extra_images` (e.g. pseudo-labelled captures) join the fit split only, so validation stays
     on the original, labelled images. `init_state` (a trained model's state_dict) warm-starts training
     instead of the ImageNet weights. The test set is not seen here."""
     torch.manual_seed(config.seed)
     model = build(config)
     if init_state is not None:
         model.load_state_dict(init_state)
-    cache = ActivationCache(config, cache_dir)
+    cache = activation_cache(model, config, cache_dir)
     fit_idx, val_idx = validation_split(labels, config.val_fraction, config.seed)
     fit_images, fit_labels = images[fit_idx], labels[fit_idx]
     if extra_images is not None and len(extra_images):
         fit_images = np.concatenate([fit_images, extra_images])
         fit_labels = np.concatenate([fit_labels, np.asarray(extra_labels)])
-    # Augmentation: every fit image also as its mirror image (vehicles face both ways).
-    fit_all = np.concatenate([fit_images, mirrored(fit_images)])
-    val_images = images[val_idx]
-    cached = not cache.missing(fit_all) and not cache.missing(val_images) and (
-        not config.tta or not cache.missing(mirrored(val_images)))
-    fit_acts = cache.get(model, fit_all)
-    fit_y = torch.as_tensor(np.concatenate([fit_labels, fit_labels]))
-    val_acts = cache.get(model, val_images)
-    val_mirror = cache.get(model, mirrored(val_images)) if config.tta else None
-    history, best_epoch, val_acc = fit_head(model, fit_acts, fit_y, config,
-                                            (val_acts, val_mirror, torch.as_tensor(labels[val_idx])))
-    return TrainResult(model, history, best_epoch, val_acc, config, cached, n_fit=len(fit_images))
+    # Augmentation: every fit image also as its mirror image (vehicles face both ways): the cache has both.
+    fit, val = cache(to_tensor(fit_images), desc="trunk (fit)"), cache(to_tensor(images[val_idx]), desc="trunk (val)")
+    history = fit_head(model, fit, torch.as_tensor(fit_labels), config, (val, torch.as_tensor(labels[val_idx])))
+    best = history.best_epoch - 1
+    curves = {"train_loss": history.train_loss, "val_loss": history.valid_loss, "val_accuracy": history.valid_accuracy}
+    return TrainResult(model.eval(), curves, history.best_epoch, history.valid_accuracy[best], config,
+                       fit.cached and val.cached, n_fit=len(fit_images))
 
 
 @torch.no_grad()
@@ -362,20 +209,16 @@ def cross_validate(images: np.ndarray, labels: np.ndarray, config: TrainConfig, 
         idx = rng.permutation(np.flatnonzero(labels == label))
         fold_of[idx] = np.arange(len(idx)) % folds
     model = build(config)
-    cache = ActivationCache(config, cache_dir)
-    acts = cache.get(model, images)
-    mirror_acts = cache.get(model, mirrored(images))
+    acts = activation_cache(model, config, cache_dir)(to_tensor(images))
     initial = copy.deepcopy(model.state_dict())
     correct, correct_plain = 0, 0
     for fold in range(folds):
         fit, val = fold_of != fold, fold_of == fold
         model.load_state_dict(initial)
-        fit_acts = torch.cat([acts[fit], mirror_acts[fit]])
-        fit_y = torch.as_tensor(np.concatenate([labels[fit], labels[fit]]))
-        fit_head(model, fit_acts, fit_y, config)
-        y = torch.as_tensor(labels[val])
-        correct += round(_evaluate(model, acts[val], mirror_acts[val], y)[1] * int(val.sum()))
-        correct_plain += round(_evaluate(model, acts[val], None, y)[1] * int(val.sum()))
+        fit_head(model, acts.subset(np.flatnonzero(fit)), torch.as_tensor(labels[fit]), config)
+        y, held = torch.as_tensor(labels[val]), acts.subset(np.flatnonzero(val))
+        correct += round(scores(model, held, y, mirror=True)[1] * int(val.sum()))
+        correct_plain += round(scores(model, held, y, mirror=False)[1] * int(val.sum()))
     return {"accuracy_with_flip": correct / len(labels), "accuracy": correct_plain / len(labels),
             "images": len(labels), "folds": folds}
 

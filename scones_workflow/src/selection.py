@@ -38,8 +38,8 @@ def holdout(images, labels, config, cache) -> dict:
 
     result = model.train(images, labels, config, cache_dir=cache)
     _, val = model.validation_split(labels, config.val_fraction, config.seed)
-    acts = model.ActivationCache(config, cache).get(result.model, images[val])
-    plain = model._evaluate(result.model, acts, None, torch.as_tensor(labels[val]))[1]
+    acts = model.activation_cache(result.model, config, cache)(model.to_tensor(images[val]))
+    plain = model.scores(result.model, acts, torch.as_tensor(labels[val]), mirror=False)[1]
     with_flip = result.val_accuracy if config.tta else None
     return {"accuracy_with_flip": with_flip, "accuracy": plain, "images": int(len(val)), "best_epoch": result.best_epoch,
             "history": [round(v, 4) for v in result.history["val_accuracy"]]}
