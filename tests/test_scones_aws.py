@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import importlib
+import inspect
 import json
 import os
 import random
@@ -20,7 +21,16 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
-from scones_workflow.src import aws, cli
+from scones_workflow.src import cli
+from scones_workflow.src.aws import training_job
+from scones_workflow.src.aws.config import DEFAULT_MODEL, PROJECT_DIR, DeployConfig
+from scones_workflow.src.aws.deployment import deploy
+from scones_workflow.src.aws.endpoint import switch_endpoint
+from scones_workflow.src.aws.executions import EXECUTION_COLUMNS, deploy_and_run, generate_test_case, run_executions
+from scones_workflow.src.aws.model_artifact import package_model
+from scones_workflow.src.aws.names import timestamp, versioned_name
+from scones_workflow.src.aws.stack import TEMPLATE_PATH, build_lambda_zip, deploy_stack
+from scones_workflow.src.aws.teardown import teardown
 from scones_workflow.src.lambdas import constants
 from tests.scones_aws_fixtures import IMAGE, REGION, ROLE, UPDATES, aws_session, tiny_onnx  # noqa: F401
 
@@ -35,16 +45,16 @@ def onnx_model(tmp_path):
     return tiny_onnx(tmp_path / "model" / "scones_classifier.onnx")
 
 
-def container_config(onnx_model: Path, tmp_path: Path, **overrides) -> aws.DeployConfig:
-    return aws.DeployConfig(role_arn=ROLE, bucket="my-bucket", container=IMAGE, model_path=onnx_model,
+def container_config(onnx_model: Path, tmp_path: Path, **overrides) -> DeployConfig:
+    return DeployConfig(role_arn=ROLE, bucket="my-bucket", container=IMAGE, model_path=onnx_model,
                             work_dir=tmp_path / "deploy", **overrides)
 
 
 # ---------------------------------------------------------------------------- training request
 def test_training_request_follows_the_algorithms_documented_rules():
-    spec = aws.TrainingSpec("job-1", ROLE, "s3://b/scones/data", "s3://b/models", num_training_samples=1000)
-    uri = aws.image_classification_uri("us-east-1")
-    request = aws.training_job_request(spec, uri)
+    spec = training_job.TrainingSpec("job-1", ROLE, "s3://b/scones/data", "s3://b/models", num_training_samples=1000)
+    uri = training_job.image_classification_uri("us-east-1")
+    request = training_job.training_job_request(spec, uri)
     assert uri == "811284229777.dkr.ecr.us-east-1.amazonaws.com/image-classification:1"
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in request["InputDataConfig"]}
     assert channels == {"train": "s3://b/scones/data/train/", "validation": "s3://b/scones/data/test/",
@@ -54,7 +64,7 @@ def test_training_request_follows_the_algorithms_documented_rules():
     assert hp["use_pretrained_model"] == "1" and hp["image_shape"] == "3,224,224"
     assert int(hp["resize"]) > 224 and int(hp["num_layers"]) in {18, 34, 50, 101, 152, 200}
     assert hp["num_classes"] == str(len(constants.CLASS_NAMES))
-    scratch = aws.training_job_request(dataclasses.replace(spec, mode="scratch"), uri)["HyperParameters"]
+    scratch = training_job.training_job_request(dataclasses.replace(spec, mode="scratch"), uri)["HyperParameters"]
     assert scratch["use_pretrained_model"] == "0" and scratch["image_shape"] == "3,32,32" and scratch["resize"] == "32"
 
 
@@ -68,46 +78,46 @@ def test_training_request_follows_the_algorithms_documented_rules():
 ])
 def test_hyperparameters_that_break_the_documentation_are_refused(hp, rule):
     with pytest.raises(ValueError, match=rule):
-        aws.check_hyperparameters(hp)
+        training_job.check_hyperparameters(hp)
 
 
 def test_training_job_is_created_in_moto_with_a_timestamped_name(aws_session):
     sm = aws_session.client("sagemaker")
-    stamp = aws.timestamp(dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.timezone.utc))
+    stamp = timestamp(dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.timezone.utc))
     assert stamp == "20260102-030405-678"
-    spec = aws.TrainingSpec(aws.versioned_name("scones-endpoint", stamp), ROLE, "s3://b/d", "s3://b/m", 1000)
-    assert aws.train(sm, spec, aws.image_classification_uri(REGION), poll_seconds=0).startswith("s3://b/m")
+    spec = training_job.TrainingSpec(versioned_name("scones-endpoint", stamp), ROLE, "s3://b/d", "s3://b/m", 1000)
+    assert training_job.train(sm, spec, training_job.image_classification_uri(REGION), poll_seconds=0).startswith("s3://b/m")
     assert sm.describe_training_job(TrainingJobName="scones-endpoint-20260102-030405-678")["HyperParameters"][
         "image_shape"] == "3,224,224"
     with pytest.raises(ValueError, match="longer than 63"):
-        aws.versioned_name("x" * 50, stamp)
+        versioned_name("x" * 50, stamp)
 
 
 # ---------------------------------------------------------------------------- container model
 def test_model_tar_gz_unpacks_into_opt_ml_model_as_the_container_expects(onnx_model, tmp_path):
     from common.serving import read_metadata
 
-    archive = aws.package_model(onnx_model, tmp_path / "out")
+    archive = package_model(onnx_model, tmp_path / "out")
     with tarfile.open(archive) as tar:
         assert sorted(tar.getnames()) == ["metadata.json", "model.onnx"]  # at the root: /opt/ml/model/model.onnx
         tar.extractall(tmp_path / "opt" / "ml" / "model", filter="data")
     unpacked = tmp_path / "opt" / "ml" / "model"
     assert read_metadata(unpacked / "model.onnx")["class_names"] == list(constants.CLASS_NAMES)
     assert json.loads((unpacked / "metadata.json").read_text())["model_name"] == "tiny"
-    assert "SCONES_MODEL=/opt/ml/model/model.onnx" in (aws.PROJECT_DIR / "Dockerfile").read_text()
-    again = aws.package_model(onnx_model, tmp_path / "again")
+    assert "SCONES_MODEL=/opt/ml/model/model.onnx" in (PROJECT_DIR / "Dockerfile").read_text()
+    again = package_model(onnx_model, tmp_path / "again")
     assert again.read_bytes() == archive.read_bytes()  # reproducible: same model, same archive
 
 
 def test_the_committed_model_is_what_deploy_container_packs(tmp_path):
-    if not aws.DEFAULT_MODEL.exists():
-        pytest.skip(f"{aws.DEFAULT_MODEL} is not there yet (the run of record commits it)")
-    with tarfile.open(aws.package_model(aws.DEFAULT_MODEL, tmp_path)) as tar:
+    if not DEFAULT_MODEL.exists():
+        pytest.skip(f"{DEFAULT_MODEL} is not there yet (the run of record commits it)")
+    with tarfile.open(package_model(DEFAULT_MODEL, tmp_path)) as tar:
         member = tar.getmember("model.onnx")
-        assert member.size == aws.DEFAULT_MODEL.stat().st_size <= 30 * 2**20
+        assert member.size == DEFAULT_MODEL.stat().st_size <= 30 * 2**20
         tar.extractall(tmp_path / "opt_ml_model", filter="data")
     # what the container's serve does with it: SCONES_MODEL=/opt/ml/model/model.onnx
-    from scones_workflow.src.predictor import Predictor
+    from scones_workflow.src.serving.predictor import Predictor
     from tests.scones_fixtures import png_bytes
 
     probabilities = Predictor(tmp_path / "opt_ml_model" / "model.onnx")(png_bytes())
@@ -116,14 +126,14 @@ def test_the_committed_model_is_what_deploy_container_packs(tmp_path):
 
 def test_model_with_other_classes_or_no_file_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="no ONNX model at"):
-        aws.package_model(tmp_path / "missing.onnx", tmp_path)
+        package_model(tmp_path / "missing.onnx", tmp_path)
     wrong = tiny_onnx(tmp_path / "cats.onnx", class_names=("cat", "dog"))
     with pytest.raises(ValueError, match="class_names"):
-        aws.package_model(wrong, tmp_path / "out")
+        package_model(wrong, tmp_path / "out")
 
 
 def test_dockerfile_installs_no_torch():
-    dockerfile = (aws.PROJECT_DIR / "Dockerfile").read_text()
+    dockerfile = (PROJECT_DIR / "Dockerfile").read_text()
     installs = " ".join(line for line in dockerfile.splitlines() if not line.lstrip().startswith("#"))
     assert "torch" not in installs and "onnxruntime" in installs
 
@@ -134,7 +144,7 @@ def _dockerfile_distributions() -> set[str]:
 
     from packaging.requirements import Requirement
 
-    dockerfile = (aws.PROJECT_DIR / "Dockerfile").read_text()
+    dockerfile = (PROJECT_DIR / "Dockerfile").read_text()
     pip_line = " ".join(re.findall(r"pip install --no-cache-dir ((?:[^\n\\]|\\\n)+)", dockerfile)).replace("\\\n", " ")
     todo = [Requirement(token.strip('"')) for token in pip_line.split() if "==" in token]
     assert len(todo) >= 5, pip_line
@@ -162,8 +172,8 @@ def test_the_container_installs_everything_serve_imports(onnx_model):
     """`serve` as in the container: the modules cmd_serve imports, and an ONNX Runtime session, load with every
     package the Dockerfile does not install (nor its dependencies) hidden; optional imports may fail quietly."""
     body = Path(cli.__file__).read_text().split("def cmd_serve")[1].split("\ndef ")[0]
-    modules = ["scones_workflow.src." + m for m in re.findall(r"from \.(\w+) import", body)]
-    assert "scones_workflow.src.server" in modules
+    modules = ["scones_workflow.src." + m for m in re.findall(r"from \.([\w.]+) import", body)]
+    assert "scones_workflow.src.serving.server" in modules
     code = ("import importlib, importlib.abc, json, sys\n"
             "from importlib.metadata import packages_distributions\n"
             "owners = packages_distributions()\n"
@@ -181,7 +191,7 @@ def test_the_container_installs_everything_serve_imports(onnx_model):
             "from common.serving import load_onnx\n"
             f"load_onnx({str(onnx_model)!r})\n"
             "print(json.dumps({'blocked': sorted(blocked), 'loaded': sorted({m.split('.')[0] for m in sys.modules})}))\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=aws.PROJECT_DIR.parent, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR.parent, capture_output=True, text=True)
     assert done.returncode == 0, f"serve needs a package the Dockerfile does not install:\n{done.stderr[-3000:]}"
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert "onnxruntime" in result["loaded"] and not {"torch", "onnx", "sagemaker", "moto"} & set(result["loaded"])
@@ -191,16 +201,17 @@ def test_the_container_installs_everything_serve_imports(onnx_model):
 def test_cli_deploy_delegates_to_the_one_deploy_sequence():
     source = Path(cli.__file__).read_text()
     body = source[source.index("def cmd_deploy"):source.index("def cmd_teardown")]
-    assert "aws.deploy_from_args(args)" in body and "create_" not in body and "train(" not in body
-    deploy_and_run = Path(aws.__file__).read_text().split("def deploy_and_run")[1].split("\ndef ")[0]
-    assert "deploy(session, DeployConfig(" in deploy_and_run and "create_" not in deploy_and_run
+    assert "deploy(boto3.Session(region_name=args.region), config, staged)" in body
+    assert "create_" not in body and "train(" not in body
+    notebook_path = inspect.getsource(deploy_and_run)
+    assert "deploy(session, config, staged)" in notebook_path and "create_" not in notebook_path
 
 
 def test_second_deploy_reuses_no_name_and_switches_the_endpoint_blue_green(aws_session, onnx_model, tmp_path):
     sm, s3 = aws_session.client("sagemaker"), aws_session.client("s3")
     config = container_config(onnx_model, tmp_path)
-    first = aws.deploy(aws_session, config, log=lambda *_: None)
-    second = aws.deploy(aws_session, config, log=lambda *_: None)
+    first = deploy(aws_session, config, log=lambda *_: None)
+    second = deploy(aws_session, config, log=lambda *_: None)
 
     assert first.endpoint_action == "created" and second.endpoint_action == "updated"
     assert first.outputs["StackAction"] == "created" and second.outputs["StackAction"] == "updated"
@@ -228,14 +239,14 @@ def test_two_variants_keep_the_serving_model_as_primary(aws_session, onnx_model,
     sm = aws_session.client("sagemaker")
     config = container_config(onnx_model, tmp_path)
     with pytest.raises(ValueError, match="deploy once without variants first"):
-        aws.deploy(aws_session, dataclasses.replace(config, variants=True), log=lambda *_: None)
-    first = aws.deploy(aws_session, config, log=lambda *_: None)
-    canary = aws.deploy(aws_session, dataclasses.replace(config, variants=True), log=lambda *_: None)
+        deploy(aws_session, dataclasses.replace(config, variants=True), log=lambda *_: None)
+    first = deploy(aws_session, config, log=lambda *_: None)
+    canary = deploy(aws_session, dataclasses.replace(config, variants=True), log=lambda *_: None)
     variants = sm.describe_endpoint_config(EndpointConfigName=canary.endpoint_config)["ProductionVariants"]
     assert [(v["VariantName"], v["InitialVariantWeight"]) for v in variants] == list(constants.VARIANTS.items())
-    assert canary.models == {"Primary": first.models["AllTraffic"], "Challenger": aws.versioned_name(
+    assert canary.models == {"Primary": first.models["AllTraffic"], "Challenger": versioned_name(
         "scones-endpoint", canary.stamp)}
-    promoted = aws.deploy(aws_session, config, log=lambda *_: None)  # again without variants: one variant again
+    promoted = deploy(aws_session, config, log=lambda *_: None)  # again without variants: one variant again
     assert list(promoted.models) == [constants.DEFAULT_VARIANT]
 
 
@@ -283,18 +294,19 @@ def _staged(root: Path):
 def test_builtin_algorithm_deploy_trains_a_new_job_each_time_and_the_notebook_uses_it(aws_session, tmp_path):
     sm, s3 = aws_session.client("sagemaker"), aws_session.client("s3")
     staged = _staged(tmp_path / "staged")
-    config = aws.DeployConfig(role_arn=ROLE, bucket="my-bucket")
-    first = aws.deploy(aws_session, config, staged, log=lambda *_: None)
-    rows, capture = aws.deploy_and_run(staged, role_arn=ROLE, bucket="my-bucket", executions=0, session=aws_session)
+    config = DeployConfig(role_arn=ROLE, bucket="my-bucket")
+    first = deploy(aws_session, config, staged, log=lambda *_: None)
+    rows, capture = deploy_and_run(staged, DeployConfig(role_arn=ROLE, bucket="my-bucket"), executions=0,
+                                   session=aws_session)
     jobs = [j["TrainingJobName"] for j in sm.list_training_jobs()["TrainingJobSummaries"]]
     assert len(set(jobs)) == 2 and first.training_job in jobs
     assert all(j.startswith("scones-endpoint-") for j in jobs)
     job = sm.describe_training_job(TrainingJobName=first.training_job)
-    assert job["AlgorithmSpecification"]["TrainingImage"] == aws.image_classification_uri(REGION)
+    assert job["AlgorithmSpecification"]["TrainingImage"] == training_job.image_classification_uri(REGION)
     assert job["HyperParameters"]["num_training_samples"] == str(len(staged.train))
     model = sm.describe_model(ModelName=first.models["AllTraffic"])["PrimaryContainer"]
-    assert model["Image"] == aws.image_classification_uri(REGION)
-    assert capture == first.capture_s3 and rows.empty and list(rows.columns) == aws.EXECUTION_COLUMNS
+    assert model["Image"] == training_job.image_classification_uri(REGION)
+    assert capture == first.capture_s3 and rows.empty and list(rows.columns) == EXECUTION_COLUMNS
     data_keys = {o["Key"] for o in s3.list_objects_v2(Bucket=first.outputs["DataBucketName"])["Contents"]}
     assert "test.lst" in data_keys and "test/motorcycle_1.png" in data_keys  # where serializeImageData reads
     assert len(UPDATES) == 1  # the notebook's run switched the same endpoint
@@ -317,14 +329,14 @@ def test_a_failed_endpoint_is_replaced_and_a_busy_one_is_awaited_before_the_upda
         stub.add_response("create_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/x"},
                           {"EndpointName": "scones-endpoint", "EndpointConfigName": "new"})
         stub.add_response("describe_endpoint", endpoint("InService"), {"EndpointName": "scones-endpoint"})
-        assert aws.switch_endpoint(sm, name="scones-endpoint", config_name="new") == "recreated"
+        assert switch_endpoint(sm, name="scones-endpoint", config_name="new") == "recreated"
 
         stub.add_response("describe_endpoint", endpoint("Updating"), {"EndpointName": "scones-endpoint"})
         stub.add_response("describe_endpoint", endpoint("InService"), {"EndpointName": "scones-endpoint"})
         stub.add_response("update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/x"},
                           {"EndpointName": "scones-endpoint", "EndpointConfigName": "newer"})
         stub.add_response("describe_endpoint", endpoint("InService"), {"EndpointName": "scones-endpoint"})
-        assert aws.switch_endpoint(sm, name="scones-endpoint", config_name="newer") == "updated"
+        assert switch_endpoint(sm, name="scones-endpoint", config_name="newer") == "updated"
         stub.assert_no_pending_responses()
 
 
@@ -374,20 +386,20 @@ def _missing_stack(stubber: Stubber) -> None:
 
 def test_existing_stack_is_updated_and_no_updates_is_success(tmp_path):
     cfn = boto3.client("cloudformation", region_name=REGION)
-    kwargs = dict(stack_name="scones-workflow", code_bucket="code", endpoint_name="scones-endpoint", role_arn=ROLE,
-                  work_dir=tmp_path)
+    config = DeployConfig(role_arn=ROLE, bucket="code", stack_name="scones-workflow", endpoint_name="scones-endpoint",
+                          work_dir=tmp_path)
     with Stubber(cfn) as stub:
         stub.add_response("describe_stacks", _stack("CREATE_COMPLETE"), {"StackName": "scones-workflow"})
         stub.add_response("update_stack", {"StackId": STACK_ID}, {"StackName": "scones-workflow", "TemplateBody": ANY,
                                                                   "Capabilities": ["CAPABILITY_IAM"], "Parameters": ANY})
         stub.add_response("describe_stacks", _stack("UPDATE_COMPLETE"), {"StackName": "scones-workflow"})
         stub.add_response("describe_stacks", _stack("UPDATE_COMPLETE"), {"StackName": "scones-workflow"})
-        assert aws.deploy_stack(cfn, _S3(), stamp="s1", **kwargs)["StackAction"] == "updated"
+        assert deploy_stack(cfn, _S3(), config, stamp="s1")["StackAction"] == "updated"
 
         stub.add_response("describe_stacks", _stack("UPDATE_COMPLETE"), {"StackName": "scones-workflow"})
         stub.add_client_error("update_stack", "ValidationError", "No updates are to be performed.", 400)
         stub.add_response("describe_stacks", _stack("UPDATE_COMPLETE"), {"StackName": "scones-workflow"})
-        assert aws.deploy_stack(cfn, _S3(), stamp="s2", **kwargs)["StackAction"] == "unchanged"
+        assert deploy_stack(cfn, _S3(), config, stamp="s2")["StackAction"] == "unchanged"
         stub.assert_no_pending_responses()
 
 
@@ -401,17 +413,18 @@ def test_a_stack_left_in_rollback_complete_is_replaced(tmp_path):
                                                                   "Capabilities": ["CAPABILITY_IAM"], "Parameters": ANY})
         stub.add_response("describe_stacks", _stack("CREATE_COMPLETE"), {"StackName": "scones-workflow"})
         stub.add_response("describe_stacks", _stack("CREATE_COMPLETE"), {"StackName": "scones-workflow"})
-        outputs = aws.deploy_stack(cfn, _S3(), stack_name="scones-workflow", code_bucket="code",
-                                   endpoint_name="scones-endpoint", role_arn=ROLE, stamp="s1", work_dir=tmp_path)
+        config = DeployConfig(role_arn=ROLE, bucket="code", stack_name="scones-workflow",
+                              endpoint_name="scones-endpoint", work_dir=tmp_path)
+        outputs = deploy_stack(cfn, _S3(), config, stamp="s1")
         stub.assert_no_pending_responses()
     assert outputs["StackAction"] == "recreated" and outputs["CaptureS3Uri"] == "s3://capture/data_capture"
 
 
 def test_deploy_stack_creates_the_functions_in_moto(aws_session, tmp_path):
     s3 = aws_session.client("s3")
-    outputs = aws.deploy_stack(aws_session.client("cloudformation"), s3, stack_name="scones-workflow",
-                               code_bucket="my-bucket", endpoint_name="scones-endpoint", role_arn=ROLE,
-                               stamp="20260101-000000-000", work_dir=tmp_path)
+    config = DeployConfig(role_arn=ROLE, bucket="my-bucket", stack_name="scones-workflow",
+                          endpoint_name="scones-endpoint", work_dir=tmp_path)
+    outputs = deploy_stack(aws_session.client("cloudformation"), s3, config, stamp="20260101-000000-000")
     functions = aws_session.client("lambda").list_functions()["Functions"]
     assert {"StateMachineArn", "DataBucketName", "CaptureBucketName", "CaptureS3Uri"} <= set(outputs)
     handlers = {f["FunctionName"].split("-")[-1]: f["Handler"] for f in functions}
@@ -434,14 +447,14 @@ def _fill(s3, bucket: str) -> int:
 
 def test_teardown_keeps_the_buckets_and_says_so_then_delete_data_empties_them(aws_session, onnx_model, tmp_path):
     sm, cfn, s3 = (aws_session.client(n) for n in ("sagemaker", "cloudformation", "s3"))
-    deployment = aws.deploy(aws_session, container_config(onnx_model, tmp_path), log=lambda *_: None)
-    aws.deploy(aws_session, container_config(onnx_model, tmp_path), log=lambda *_: None)
+    deployment = deploy(aws_session, container_config(onnx_model, tmp_path), log=lambda *_: None)
+    deploy(aws_session, container_config(onnx_model, tmp_path), log=lambda *_: None)
     capture_bucket = deployment.outputs["CaptureBucketName"]
     # moto's CloudFormation ignores VersioningConfiguration (test_scones_template checks the template has it)
     s3.put_bucket_versioning(Bucket=capture_bucket, VersioningConfiguration={"Status": "Enabled"})
     entries = _fill(s3, capture_bucket)
 
-    first = aws.teardown(sm, cfn, s3, endpoint_name="scones-endpoint", stack_name="scones-workflow")
+    first = teardown(sm, cfn, s3, endpoint_name="scones-endpoint", stack_name="scones-workflow")
     assert first.ok and "endpoint scones-endpoint" in first.deleted and "stack scones-workflow" in first.deleted
     assert sum(item.startswith("endpoint config ") for item in first.deleted) == 2
     assert sum(item.startswith("model ") for item in first.deleted) == 2
@@ -450,13 +463,13 @@ def test_teardown_keeps_the_buckets_and_says_so_then_delete_data_empties_them(aw
 
     own = "s3://my-bucket/scones-workflow/ and s3://my-bucket/scones/"  # deploy --bucket: the user's, never deleted
     assert "your own bucket" in first.kept.pop(own)
-    second = aws.teardown(sm, cfn, s3, endpoint_name="scones-endpoint", stack_name="scones-workflow")
+    second = teardown(sm, cfn, s3, endpoint_name="scones-endpoint", stack_name="scones-workflow")
     assert second.ok and second.deleted == [] and second.kept == first.kept  # a no-op that still says what is left
 
-    purge = aws.teardown(sm, cfn, s3, endpoint_name="scones-endpoint", stack_name="scones-workflow", delete_data=True)
+    purge = teardown(sm, cfn, s3, endpoint_name="scones-endpoint", stack_name="scones-workflow", delete_data=True)
     assert purge.ok and f"bucket s3://{capture_bucket} ({entries} object versions)" in purge.deleted
     assert {b["Name"] for b in s3.list_buckets()["Buckets"]} == {"my-bucket"}
-    last = aws.teardown(sm, cfn, s3, endpoint_name="scones-endpoint", stack_name="scones-workflow", delete_data=True)
+    last = teardown(sm, cfn, s3, endpoint_name="scones-endpoint", stack_name="scones-workflow", delete_data=True)
     assert last.ok and last.deleted == [] and last.kept == {}
 
 
@@ -464,7 +477,7 @@ def test_teardown_leaves_other_endpoints_models_alone(aws_session):
     sm = aws_session.client("sagemaker")
     for name in ("scones-endpoint-20260101-000000-000", "scones-endpoint-experiment", "other-model"):
         sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={"Image": IMAGE})
-    report = aws.teardown(sm, aws_session.client("cloudformation"), aws_session.client("s3"),
+    report = teardown(sm, aws_session.client("cloudformation"), aws_session.client("s3"),
                           endpoint_name="scones-endpoint", stack_name="scones-workflow")
     assert report.deleted == ["model scones-endpoint-20260101-000000-000"]
     assert {m["ModelName"] for m in sm.list_models()["Models"]} == {"scones-endpoint-experiment", "other-model"}
@@ -491,7 +504,7 @@ def test_delete_failed_stack_is_reported_with_the_reason_not_raised(aws_session,
     stub.add_response("describe_stacks", _stack("DELETE_FAILED"), {"StackName": "scones-workflow"})
     stub.add_response("describe_stack_events", {"StackEvents": [event]}, {"StackName": "scones-workflow"})
     with stub:
-        report = aws.teardown(sm, cfn, s3, endpoint_name="scones-endpoint", stack_name="scones-workflow")
+        report = teardown(sm, cfn, s3, endpoint_name="scones-endpoint", stack_name="scones-workflow")
         stub.assert_no_pending_responses()
     assert not report.ok
     failure = report.failed["stack scones-workflow"]
@@ -519,21 +532,21 @@ def test_generate_test_case_picks_an_image_from_the_bucket(aws_session):
     s3.create_bucket(Bucket="data")
     for key in ("test/a.png", "test/b.png", "test.lst"):
         s3.put_object(Bucket="data", Key=key, Body=b"x")
-    event = aws.generate_test_case(s3, "data", rng=random.Random(0))
+    event = generate_test_case(s3, "data", rng=random.Random(0))
     assert event["image_data"] == "" and event["s3_bucket"] == "data"
     assert event["s3_key"] in ("test/a.png", "test/b.png")
     with pytest.raises(FileNotFoundError, match="s3://data/nothing/"):
-        aws.generate_test_case(s3, "data", prefix="nothing/")
+        generate_test_case(s3, "data", prefix="nothing/")
 
 
 def test_lambda_zip_holds_an_importable_package_with_the_templates_handlers(tmp_path):
-    archive = aws.build_lambda_zip(tmp_path / "lambdas.zip")
+    archive = build_lambda_zip(tmp_path / "lambdas.zip")
     names = set(zipfile.ZipFile(archive).namelist())
     assert {"lambdas/serialize.py", "lambdas/classify.py", "lambdas/confidence_filter.py", "lambdas/events.py",
             "lambdas/constants.py"} <= names
     extracted = tmp_path / "unzipped"
     zipfile.ZipFile(archive).extractall(extracted)
-    template = aws.TEMPLATE_PATH.read_text()
+    template = TEMPLATE_PATH.read_text()
     handlers = ("lambdas.serialize.lambda_handler", "lambdas.classify.lambda_handler",
                 "lambdas.confidence_filter.lambda_handler")
     for handler in handlers:
@@ -552,7 +565,7 @@ def test_lambda_zip_holds_an_importable_package_with_the_templates_handlers(tmp_
 
 
 def test_run_executions_reports_each_execution_as_the_local_backend_does():
-    from scones_workflow.src.workflow import ExecutionResult
+    from scones_workflow.src.local.state_machine import ExecutionResult
 
     started = dt.datetime(2026, 1, 1, 12, 0, 0)
 
@@ -574,7 +587,7 @@ def test_run_executions_reports_each_execution_as_the_local_backend_does():
             return {"status": "FAILED", "error": "NotAnImage", "cause": "bad.png is not a PNG or JPEG", **times}
 
     events = [{"s3_bucket": "b", "s3_key": k, "image_data": ""} for k in ("good.png", "bad.png")]
-    good, bad = aws.run_executions(FakeSfn(), "arn:sm", events, poll_seconds=0)
+    good, bad = run_executions(FakeSfn(), "arn:sm", events, poll_seconds=0)
     assert set(ExecutionResult.__dataclass_fields__) <= set(good)  # the notebook reads the same columns either way
     assert (good["status"], good["predicted_label"], good["confidence"], good["variant"]) == (
         "SUCCEEDED", constants.CLASS_NAMES[1], 0.97, "Challenger")

@@ -15,7 +15,9 @@ import pytest
 from moto import mock_aws
 
 from common.downloads import DownloadError
-from scones_workflow.src import data, monitor
+from scones_workflow.src import data
+from scones_workflow.src.data import cifar, lst, stand_in
+from scones_workflow.src.monitoring import monitor
 from tests.scones_fixtures import cifar_batch
 
 
@@ -31,7 +33,7 @@ def write_cifar_tarball(path, train, test):
 
 def test_cifar_tarball_becomes_pngs_and_lst_files_of_the_two_classes(tmp_path):
     tarball = write_cifar_tarball(tmp_path / "cifar.tar.gz", cifar_batch(12, [8, 3, 48, 8]), cifar_batch(6, [48, 1]))
-    data.cifar_to_scones(tarball, tmp_path / "scones")
+    cifar.cifar_to_scones(tarball, tmp_path / "scones")
     staged = data.open_folder(tmp_path / "scones", "fixture", stand_in=False)
     assert len(staged.train) == 9 and len(staged.test) == 3  # fine labels 8 and 48 only
     assert set(staged.train["label"]) == {0, 1} and set(staged.test["class_name"]) == {"motorcycle"}
@@ -46,7 +48,7 @@ def test_a_tarball_without_the_python_batches_is_named(tmp_path):
     with tarfile.open(path, "w:gz"):
         pass
     with pytest.raises(ValueError, match="no member cifar-100-python/train"):
-        data.cifar_to_scones(path, tmp_path / "out")
+        cifar.cifar_to_scones(path, tmp_path / "out")
 
 
 def test_download_checks_the_md5(tmp_path, monkeypatch):
@@ -55,10 +57,10 @@ def test_download_checks_the_md5(tmp_path, monkeypatch):
     (served / "cifar-100-python.tar.gz").write_bytes(b"not the real file")
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(served)))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    monkeypatch.setattr(data, "CIFAR_URL", f"http://127.0.0.1:{httpd.server_address[1]}/cifar-100-python.tar.gz")
+    monkeypatch.setattr(cifar, "CIFAR_URL", f"http://127.0.0.1:{httpd.server_address[1]}/cifar-100-python.tar.gz")
     try:
         with pytest.raises(ValueError, match="checksum mismatch .* expected md5:eb9058c3a382ffc7106e4002c42a8d85"):
-            data.download_cifar(tmp_path / "raw")
+            cifar.download_cifar(tmp_path / "raw")
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -69,14 +71,14 @@ def test_offline_staging_falls_back_to_a_labelled_stand_in(tmp_path, monkeypatch
     def offline(*args, **kwargs):
         raise DownloadError("no network")
 
-    monkeypatch.setattr(data, "fetch", offline)
+    monkeypatch.setattr(cifar, "fetch", offline)
     staged = data.stage(tmp_path)
     assert staged.stand_in and "generated" in staged.source and staged.root == tmp_path / "scones_stand_in"
     assert staged.train["label"].value_counts().tolist() == [100, 100] and len(staged.test) == 60
 
 
 def test_staged_folder_is_preferred_and_checked(tmp_path):
-    data.generate_stand_in(tmp_path / "scones", n_train=4, n_test=2)
+    stand_in.generate_stand_in(tmp_path / "scones", n_train=4, n_test=2)
     staged = data.stage(tmp_path, download=False)
     assert not staged.stand_in and len(staged.train) == 4
     (tmp_path / "scones" / staged.test["file"].iloc[0]).unlink()
@@ -88,11 +90,11 @@ def test_read_lst_names_the_bad_line(tmp_path):
     path = tmp_path / "train.lst"
     path.write_text("0\t0\ta.png\n1\t2\tb.png\n")
     with pytest.raises(ValueError, match=r"train.lst, line 2: expected 'index<TAB>0\|1<TAB>file'"):
-        data.read_lst(path)
+        lst.read_lst(path)
 
 
 def test_upload_copies_the_layout_to_s3(tmp_path):
-    data.generate_stand_in(tmp_path / "scones", n_train=2, n_test=2)
+    stand_in.generate_stand_in(tmp_path / "scones", n_train=2, n_test=2)
     staged = data.stage(tmp_path, download=False)
     with mock_aws():
         boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="scones-bucket")

@@ -10,7 +10,7 @@ import pytest
 from moto import mock_aws
 
 from scones_workflow.src.lambdas import classify, confidence_filter, constants, events, serialize
-from scones_workflow.src.server import InferenceServer
+from scones_workflow.src.serving.server import InferenceServer
 from tests.scones_fixtures import fake_predict, png_bytes
 
 

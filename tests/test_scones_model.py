@@ -11,7 +11,8 @@ from common.images import ImageError
 from common.paths import REPO_ROOT
 from common.serving import ModelFileError, read_metadata
 from scones_workflow.src import data, model
-from scones_workflow.src.predictor import Predictor
+from scones_workflow.src.data.stand_in import generate_stand_in
+from scones_workflow.src.serving.predictor import Predictor
 from tests.scones_fixtures import png_bytes
 
 TINY = model.TrainConfig(backbone="efficientnet_lite0", resolution=32, split_block=15, epochs=2, batch_size=16,
@@ -21,7 +22,7 @@ TINY = model.TrainConfig(backbone="efficientnet_lite0", resolution=32, split_blo
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("standin")
-    data.generate_stand_in(root, n_train=40, n_test=10)
+    generate_stand_in(root, n_train=40, n_test=10)
     staged = data.open_folder(root, "fixture", stand_in=True)
     images, labels = data.load_arrays(staged, "train")
     cache = tmp_path_factory.mktemp("cache")
@@ -101,14 +102,14 @@ def test_predictor_names_a_missing_or_wrong_model(tmp_path):
 
 
 def test_serving_path_imports_no_torch():
-    code = ("import sys; import scones_workflow.src.server, scones_workflow.src.predictor, scones_workflow.src.cli; "
-            "print('torch' in sys.modules)")
+    code = ("import sys; import scones_workflow.src.serving.server, scones_workflow.src.serving.predictor, "
+            "scones_workflow.src.cli; print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 
 
 def test_committed_model_is_the_default_and_small():
-    from scones_workflow.src import predictor
+    from scones_workflow.src.serving import predictor
 
     path = predictor.COMMITTED_MODEL
     if not path.is_file():
@@ -126,7 +127,7 @@ def test_serve_command_answers_and_flushes_captures_on_sigterm(trained, tmp_path
 
     import requests
 
-    from scones_workflow.src import monitor
+    from scones_workflow.src.monitoring import monitor
 
     _, path, _, _, _ = trained
     with socket.socket() as s:
@@ -166,7 +167,7 @@ def test_cross_validation_scores_every_image_once(trained, tmp_path):
 
 
 def test_serve_defaults_to_the_env_then_the_container_then_the_committed_model(monkeypatch, tmp_path):
-    from scones_workflow.src import predictor
+    from scones_workflow.src.serving import predictor
 
     monkeypatch.setenv("SCONES_MODEL", str(tmp_path / "x.onnx"))
     assert predictor.default_model() == tmp_path / "x.onnx"

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from common.paths import REPO_ROOT
-from scones_workflow.src import monitor
-from scones_workflow.src.capture import CaptureWriter
+from scones_workflow.src.monitoring import monitor
+from scones_workflow.src.serving.capture import CaptureWriter
 
 
 def _frame(variant, predicted, truth, confidence, start="2026-01-01 10:00"):

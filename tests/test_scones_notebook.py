@@ -27,6 +27,6 @@ def test_cli_help_explains_every_subcommand():
                             cwd=REPO_ROOT, check=True)
     for command in ("stage", "train", "serve", "run", "monitor", "retrain", "load", "deploy", "teardown"):
         assert command in result.stdout
-    load_help = subprocess.run([sys.executable, "-m", "scones_workflow.src.loadtest", "--help"], capture_output=True,
+    load_help = subprocess.run([sys.executable, "-m", "scones_workflow", "load", "--help"], capture_output=True,
                                text=True, cwd=REPO_ROOT, check=True)
     assert "--concurrency" in load_help.stdout and "capture" in load_help.stdout

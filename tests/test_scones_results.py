@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from common import report
-from scones_workflow.src import monitor, results
+from scones_workflow.src import results
+from scones_workflow.src.monitoring import monitor
 from scones_workflow.src.retrain import RetrainResult
 
 
@@ -23,22 +24,24 @@ def _inputs(tmp_path):
     (tmp_path / "figures").mkdir()
     (tmp_path / "figures" / "confusion_matrix.png").write_bytes(b"png")
     retraining = RetrainResult(10, 9, 1, 7, 1, 1, 0.98, 0.985, True, "c.onnx", "p.onnx", "q.csv")
-    return dict(profile="tiny", backend="local", data={"source": "fixture", "stand_in": True},
+    return dict(run=results.Run("tiny", "local", {"source": "fixture", "stand_in": True}, tmp_path / "figures"),
                 model={"name": "lite2", "train_seconds": 12.345, "activations_cached": False, "val_accuracy": 0.97,
                        "best_epoch": 3, "size_mb": 20.1},
                 test={"accuracy": 0.985, "wrong": 3, "below_threshold": 5,
                       "per_class": pd.DataFrame({"class": ["bicycle"], "recall": [0.99]})},
-                executions=executions, bad_inputs=bad, captures={"records": 4, "accuracy": 0.75, "labelled": 4},
-                drift=(pd.DataFrame({"class": ["bicycle"]}), 0.5),
-                variants=(pd.DataFrame({"variant": ["Primary"], "accuracy": [0.99]}), "Primary wins"),
-                alarm=alarm, alarm_exit_code=1, retraining=retraining,
+                executions=results.Executions(executions, bad),
+                monitoring=results.Monitoring(captures={"records": 4, "accuracy": 0.75, "labelled": 4},
+                                              drift=(pd.DataFrame({"class": ["bicycle"]}), 0.5),
+                                              variants=(pd.DataFrame({"variant": ["Primary"], "accuracy": [0.99]}),
+                                                        "Primary wins"),
+                                              alarm=alarm, alarm_exit_code=1),
+                retraining=retraining,
                 load={"executions": 24, "concurrency": 4, "checks_passed": True, "executions_per_s": 5.0,
                       "p50_ms": 100.0, "endpoint_images_per_s": 160.0, "capture_dir": "/x",
                       "breakdown_ms": {"endpoint model": 20.0, "engine (moto Step Functions) and the rest": 80.0}},
                 benchmark=[{"model": "m", "runtime": "TorchScript", "p50 ms (1 thread)": 40.0},
                            {"model": "m", "runtime": "ONNX Runtime", "p50 ms (1 thread)": 10.0},
-                           {"model": "m", "runtime": "ONNX Runtime speed-up (x)", "p50 ms (1 thread)": 4.0}],
-                figures_dir=tmp_path / "figures")
+                           {"model": "m", "runtime": "ONNX Runtime speed-up (x)", "p50 ms (1 thread)": 4.0}])
 
 
 def test_metrics_carry_every_measured_part_and_survive_json(tmp_path):

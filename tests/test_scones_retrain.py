@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from scones_workflow.src import data, model, monitor, retrain
-from scones_workflow.src.capture import CaptureWriter
+from scones_workflow.src import data, model, retrain
+from scones_workflow.src.data.stand_in import generate_stand_in
+from scones_workflow.src.monitoring import monitor
+from scones_workflow.src.serving.capture import CaptureWriter
 
 TINY = model.TrainConfig(backbone="efficientnet_lite0", resolution=32, split_block=15, epochs=1, batch_size=16,
                          trunk_engine="torch")
@@ -25,7 +27,7 @@ def _png(image):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("standin")
-    data.generate_stand_in(root, n_train=30, n_test=10, seed=3)
+    generate_stand_in(root, n_train=30, n_test=10, seed=3)
     staged = data.open_folder(root, "fixture", stand_in=True)
     train_images, train_labels = data.load_arrays(staged, "train")
     test_images, test_labels = data.load_arrays(staged, "test")
@@ -34,7 +36,7 @@ def setup(tmp_path_factory):
                               tmp_path_factory.mktemp("prod") / "model.onnx", TINY, {"profile": "test"})
     # captured traffic: 6 new images (4 confident, 2 not), plus one test image that must be dropped
     extra = tmp_path_factory.mktemp("extra")
-    data.generate_stand_in(extra, n_train=6, n_test=2, seed=9)
+    generate_stand_in(extra, n_train=6, n_test=2, seed=9)
     new_images, new_labels = data.load_arrays(data.open_folder(extra, "extra", stand_in=True), "train")
     captures = tmp_path_factory.mktemp("captures")
     writer = CaptureWriter(str(captures), "scones-endpoint", flush_seconds=60)
@@ -50,10 +52,10 @@ def setup(tmp_path_factory):
 
 
 def _round(setup, tmp_path, queue):
-    return retrain.retrain(setup["captures"], train_images=setup["train_images"], train_labels=setup["train_labels"],
-                           test_images=setup["test_images"], test_labels=setup["test_labels"],
-                           production_model=setup["production"], config=TINY, queue_path=queue,
-                           out_dir=tmp_path / "out", threshold=0.94, cache_dir=setup["cache"])
+    images = retrain.LabelledImages(setup["train_images"], setup["train_labels"], setup["test_images"],
+                                    setup["test_labels"])
+    files = retrain.RoundFiles(setup["production"], queue, tmp_path / "out", cache_dir=setup["cache"])
+    return retrain.retrain(setup["captures"], images, files, TINY, threshold=0.94)
 
 
 def test_a_round_pseudo_labels_queues_and_gates(setup, tmp_path, monkeypatch):

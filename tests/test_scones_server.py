@@ -13,9 +13,10 @@ import requests
 from moto import mock_aws
 from PIL import Image
 
-from scones_workflow.src import capture, monitor
-from scones_workflow.src.capture import CaptureWriter
-from scones_workflow.src.server import InferenceServer
+from scones_workflow.src.monitoring import monitor
+from scones_workflow.src.serving import capture
+from scones_workflow.src.serving.capture import CaptureWriter
+from scones_workflow.src.serving.server import InferenceServer
 from tests.scones_fixtures import fake_predict, png_bytes
 
 
@@ -225,7 +226,7 @@ def test_unknown_paths_and_oversized_payloads_are_refused(served, monkeypatch):
     server, _ = served
     session = requests.Session()  # keep-alive: a refused request must not corrupt the next one
     assert session.post(f"{server.url}/predict", data=png_bytes(), timeout=5).status_code == 404
-    monkeypatch.setattr("scones_workflow.src.server.MAX_BODY_BYTES", 100)
+    monkeypatch.setattr("scones_workflow.src.serving.server.MAX_BODY_BYTES", 100)
     response = session.post(f"{server.url}/invocations", data=png_bytes(), headers={"Content-Type": "image/png"},
                             timeout=5)
     assert response.status_code == 413 and "exceeds the 100-byte limit" in response.json()["error"]
@@ -244,7 +245,7 @@ def _constant(p_bicycle):
 
 @pytest.fixture()
 def two_variants(tmp_path):
-    from scones_workflow.src.server import Variant
+    from scones_workflow.src.serving.server import Variant
 
     writer = CaptureWriter(str(tmp_path / "captures"), "scones-endpoint", flush_seconds=60)
     variants = {"Primary": Variant(_constant(0.99), 0.9), "Challenger": Variant(_constant(0.6), 0.1)}
@@ -293,7 +294,7 @@ def test_each_variant_captures_under_its_own_path(two_variants):
 
 
 def test_variant_weights_are_checked():
-    from scones_workflow.src.server import Variant
+    from scones_workflow.src.serving.server import Variant
 
     with pytest.raises(ValueError, match="weights must be >= 0"):
         InferenceServer(variants={"A": Variant(fake_predict, 0.0)}, port=0)

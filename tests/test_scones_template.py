@@ -13,11 +13,12 @@ import pytest
 from cfnlint.api import lint
 from cfnlint.decode.cfn_yaml import loads as load_cfn_yaml
 
-from scones_workflow.src import aws
+from scones_workflow.src.aws import stack
+from scones_workflow.src.aws.config import PROJECT_DIR
 from scones_workflow.src.lambdas import constants
 
-TEMPLATE = aws.TEMPLATE_PATH
-DOCKERFILE = aws.PROJECT_DIR / "Dockerfile"
+TEMPLATE = stack.TEMPLATE_PATH
+DOCKERFILE = PROJECT_DIR / "Dockerfile"
 CHECKOV = Path(__file__).resolve().parents[1] / ".venv" / "tools" / "bin" / "checkov"
 
 
@@ -46,16 +47,16 @@ def _lint(text: str) -> list:
 
 
 def test_asl_substitution_names_equal_the_templates_definition_substitutions(template):
-    asl_names = set(re.findall(r"\$\{([^}]+)\}", aws.ASL_PATH.read_text()))
+    asl_names = set(re.findall(r"\$\{([^}]+)\}", stack.ASL_PATH.read_text()))
     substitutions = set(template["Resources"]["StateMachine"]["Properties"]["DefinitionSubstitutions"])
     assert asl_names == substitutions
-    from scones_workflow.src.workflow import FUNCTIONS  # the local backend substitutes the same names
+    from scones_workflow.src.local.state_machine import FUNCTIONS  # the local backend substitutes the same names
 
     assert set(FUNCTIONS) == substitutions
 
 
 def test_template_with_the_definition_inlined_passes_cfn_lint_including_asl_validation(template):
-    definition = json.loads(aws.ASL_PATH.read_text())
+    definition = json.loads(stack.ASL_PATH.read_text())
     assert _lint(_inlined(template, definition)) == []
     # ... and the check is live: E3601 rejects a definition that breaks the States Language schema.
     broken = copy.deepcopy(definition)
@@ -79,15 +80,15 @@ def test_buckets_survive_stack_deletion_and_replacement_and_keep_versions(templa
 
 def test_the_sagemaker_role_may_write_captures_to_the_capture_prefix(template):
     parameters, resources = template["Parameters"], template["Resources"]
-    assert parameters["CapturePrefix"]["Default"] == aws.CAPTURE_PREFIX
+    assert parameters["CapturePrefix"]["Default"] == stack.CAPTURE_PREFIX
     statements = _plain(resources["CaptureBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"])
     grant = next(s for s in statements if s["Effect"] == "Allow")
     assert grant["Principal"] == {"AWS": {"Ref": "SageMakerRoleArn"}} and grant["Action"] == "s3:PutObject"
     assert grant["Resource"] == {"Fn::Sub": "${CaptureBucket.Arn}/${CapturePrefix}/*"}
     assert _plain(template["Outputs"]["CaptureS3Uri"]["Value"]) == {"Fn::Sub": "s3://${CaptureBucket}/${CapturePrefix}"}
     # deploy passes the role and the prefix it writes the DataCaptureConfig with
-    source = Path(aws.__file__).read_text()
-    assert '"SageMakerRoleArn": role_arn' in source and '"CapturePrefix": CAPTURE_PREFIX' in source
+    source = Path(stack.__file__).read_text()
+    assert '"SageMakerRoleArn": config.role_arn' in source and '"CapturePrefix": CAPTURE_PREFIX' in source
 
 
 def test_defaults_and_metric_names_come_from_the_lambdas_constants(template):

@@ -9,10 +9,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from scones_workflow.src import loadtest
 from scones_workflow.src.lambdas.constants import THRESHOLD
-from scones_workflow.src.server import InferenceServer
-from scones_workflow.src.workflow import ASL_PATH, LocalWorkflow, render_definition
+from scones_workflow.src.local.state_machine import ASL_PATH, LocalWorkflow, render_definition
+from scones_workflow.src.serving import loadtest
+from scones_workflow.src.serving.server import InferenceServer
 from tests.scones_fixtures import fake_predict, png_bytes
 
 
@@ -153,7 +153,7 @@ def test_the_metric_names_the_variant_that_answered():
     """Two weighted variants: classify passes the endpoint's InvokedProductionVariant on, so the alarm's metric
     can be split by variant (the EndpointName x Variant dimension)."""
     from scones_workflow.src.lambdas.constants import VARIANTS
-    from scones_workflow.src.server import Variant
+    from scones_workflow.src.serving.server import Variant
 
     variants = {name: Variant(fake_predict, 0.5) for name in VARIANTS}  # even split: both answer within 30 calls
     with InferenceServer(variants=variants, port=0) as server, LocalWorkflow(server.url) as workflow:

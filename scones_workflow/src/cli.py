@@ -22,22 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from common import paths
 
-from .lambdas import constants
-from .lambdas.constants import THRESHOLD
-
-# The low-confidence alarm, as template.yaml's CloudWatch alarm: more than 20 % of an hour's inferences
-# below THRESHOLD, once the hour has at least 10 inferences.
-LOW_CONFIDENCE_MAX_RATE = getattr(constants, "LOW_CONFIDENCE_MAX_RATE", 0.2)
-ALARM_WINDOW_MINUTES = getattr(constants, "ALARM_WINDOW_MINUTES", 60)
-ALARM_MIN_INFERENCES = getattr(constants, "ALARM_MIN_INFERENCES", 10)
+# The low-confidence alarm's defaults are template.yaml's CloudWatch alarm: more than 20 % of an hour's
+# inferences below THRESHOLD, once the hour has at least 10 inferences.
+from .lambdas.constants import ALARM_MIN_INFERENCES, ALARM_WINDOW_MINUTES, LOW_CONFIDENCE_MAX_RATE, THRESHOLD
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 ARTIFACTS = PROJECT_DIR / "artifacts"
@@ -45,7 +40,7 @@ ARTIFACTS = PROJECT_DIR / "artifacts"
 
 def default_model() -> Path:
     """$SCONES_MODEL, else /opt/ml/model/model.onnx in the container, else the committed run-of-record model."""
-    from .predictor import default_model as resolve
+    from .serving.predictor import default_model as resolve
 
     return resolve()
 
@@ -55,7 +50,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
     staged = data.stage(paths.data_dir(args.data_dir))
     print(f"{'STAND-IN: ' if staged.stand_in else ''}{staged.source}: {len(staged.train)} train, "
-          f"{len(staged.test)} test images in {staged.root}")
+          f"{len(staged.test)} test images in {paths.display(staged.root)}")
     if args.s3_uri:
         uploaded = data.upload(staged, args.s3_uri, endpoint_url=args.endpoint_url)
         print(f"uploaded {len(uploaded)} files to {args.s3_uri}")
@@ -100,9 +95,9 @@ def parse_variants(specs: list[str]) -> dict[str, tuple[Path, float]]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .capture import CaptureWriter
-    from .predictor import Predictor
-    from .server import InferenceServer, Variant, port_from_env
+    from .serving.capture import CaptureWriter
+    from .serving.predictor import Predictor
+    from .serving.server import InferenceServer, Variant, port_from_env
 
     capture = CaptureWriter(args.capture, args.endpoint_name, endpoint_url=args.endpoint_url) if args.capture else None
     if args.variant:
@@ -128,11 +123,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .capture import CaptureWriter
-    from .loadtest import load_test_images
-    from .predictor import Predictor
-    from .server import InferenceServer
-    from .workflow import LocalWorkflow
+    from .local.state_machine import LocalWorkflow
+    from .serving.capture import CaptureWriter
+    from .serving.loadtest import load_test_images
+    from .serving.predictor import Predictor
+    from .serving.server import InferenceServer
 
     images = load_test_images(paths.data_dir(args.data_dir), args.n)
     capture = CaptureWriter(args.capture, "scones-endpoint") if args.capture else None
@@ -147,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_monitor(args: argparse.Namespace) -> int:
     from common import plotting
 
-    from . import monitor
+    from .monitoring import monitor
 
     captures = monitor.read_captures(args.location, endpoint_url=args.endpoint_url)
     if args.check:
@@ -178,13 +173,15 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from . import loadtest
+    from .serving import loadtest
+    from .serving.predictor import Predictor
 
-    forwarded = ["--model", str(args.model or default_model()), "--executions", str(args.executions),
-                 "--concurrency", str(args.concurrency)]
-    if args.data_dir:
-        forwarded += ["--data-dir", args.data_dir]
-    return loadtest.main(forwarded)
+    images = loadtest.load_test_images(paths.data_dir(args.data_dir))
+    summary = loadtest.run_load(Predictor(args.model or default_model()), images, executions=args.executions,
+                                concurrency=args.concurrency, endpoint_requests=args.endpoint_requests,
+                                capture_dir=Path(args.capture_dir) if args.capture_dir else None)
+    print(json.dumps(summary, indent=2))
+    return 0 if summary["checks_passed"] else 1
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
@@ -193,11 +190,11 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     staged = data.stage(paths.data_dir(args.data_dir))
     train_images, train_labels = data.load_arrays(staged, "train")
     test_images, test_labels = data.load_arrays(staged, "test")
-    result = retrain.retrain(args.captures, train_images=train_images, train_labels=train_labels,
-                             test_images=test_images, test_labels=test_labels,
-                             production_model=Path(args.model or default_model()), config=model.PROFILES[args.profile],
-                             queue_path=Path(args.queue), out_dir=Path(args.out), threshold=args.threshold,
-                             cache_dir=ARTIFACTS / "cache", endpoint_url=args.endpoint_url,
+    images = retrain.LabelledImages(train_images, train_labels, test_images, test_labels)
+    files = retrain.RoundFiles(production_model=Path(args.model or default_model()), queue_path=Path(args.queue),
+                               out_dir=Path(args.out), cache_dir=ARTIFACTS / "cache")
+    result = retrain.retrain(args.captures, images, files, model.PROFILES[args.profile], threshold=args.threshold,
+                             endpoint_url=args.endpoint_url,
                              training_run={"profile": args.profile, "dataset": staged.source})
     print(result.summary())
     if result.queued:
@@ -206,16 +203,62 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_deploy(args: argparse.Namespace) -> int:
-    from . import aws
+def _aws_errors(run: Callable[[], int]) -> int:
+    """What a user can fix (no credentials or region, a refused request, a bad option) as one line, exit 2."""
+    from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError
 
-    return aws.deploy_from_args(args)
+    try:
+        return run()
+    except NoCredentialsError:
+        print("error: no AWS credentials: configure them (aws configure, AWS_PROFILE, or an instance role)",
+              file=sys.stderr)
+    except NoRegionError:
+        print("error: no AWS region: pass --region or set AWS_DEFAULT_REGION", file=sys.stderr)
+    except ClientError as err:
+        error = err.response.get("Error", {})
+        print(f"error: AWS refused {err.operation_name}: {error.get('Code')}: {error.get('Message')}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+    return 2
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    def run() -> int:
+        import boto3
+
+        from .aws.config import DEFAULT_MODEL, DeployConfig
+        from .aws.deployment import deploy
+
+        config = DeployConfig(role_arn=args.role_arn, bucket=args.bucket, endpoint_name=args.endpoint_name,
+                              stack_name=args.stack_name, threshold=args.threshold, container=args.container,
+                              model_path=Path(args.model) if args.model else DEFAULT_MODEL, variants=args.variants,
+                              training_mode=args.training_mode, alarm_email=args.alarm_email or "")
+        staged = None
+        if not config.container:  # the built-in algorithm trains on the staged images
+            from . import data
+
+            staged = data.stage(paths.data_dir(args.data_dir))
+        deployment = deploy(boto3.Session(region_name=args.region), config, staged)
+        print(json.dumps(deployment.summary(), indent=2))
+        return 0
+
+    return _aws_errors(run)
 
 
 def cmd_teardown(args: argparse.Namespace) -> int:
-    from . import aws
+    def run() -> int:
+        import boto3
 
-    return aws.teardown_from_args(args)
+        from .aws.teardown import teardown
+
+        session = boto3.Session(region_name=args.region)
+        report = teardown(session.client("sagemaker"), session.client("cloudformation"), session.client("s3"),
+                          endpoint_name=args.endpoint_name, stack_name=args.stack_name,
+                          delete_data=args.delete_data)
+        print("\n".join(report.lines()))
+        return 0 if report.ok else 1
+
+    return _aws_errors(run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,12 +337,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint-url", help="S3 endpoint (MinIO, moto server)")
     p.set_defaults(func=cmd_retrain)
 
-    p = sub.add_parser("load", help="load test: executions from concurrent clients, nothing lost, breakdown, "
-                                    "endpoint throughput")
+    text = ("load test of the local stack: executions from concurrent clients, every one terminal, one capture "
+            "record per endpoint invocation (none lost), where an execution's time goes, endpoint throughput; "
+            "exit 1 when a check fails")
+    p = sub.add_parser("load", help=text, description=text)
     p.add_argument("--model", metavar="FILE.onnx", help=model_help)
     p.add_argument("--data-dir", **data_dir)
-    p.add_argument("--executions", type=int, default=200)
-    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--executions", type=int, default=200, help="workflow executions (default 200)")
+    p.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
+    p.add_argument("--endpoint-requests", type=int, default=200,
+                   help="direct invoke_endpoint calls for the endpoint throughput (default 200)")
+    p.add_argument("--capture-dir", default=None, help="where captures go (default: a new temp folder)")
     p.set_defaults(func=cmd_load)
 
     for name, text in [("deploy", "AWS: new model (built-in classifier training job, or --container), the stack "

@@ -1,8 +1,9 @@
 """The run's record: every number the notebook measured, as the metrics.json the README report reads."""
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -41,15 +42,43 @@ def validation_vs_test(model: dict, test: dict) -> dict:
         f"vs test {tc}/{tn} ({tlo:.1%}-{thi:.1%}): the intervals {overlap}")}
 
 
-def build_metrics(*, profile: str, backend: str, data: dict, model: dict, test: dict, executions: pd.DataFrame,
-                  bad_inputs: pd.DataFrame, captures: dict, drift: tuple[pd.DataFrame, float],
-                  variants: tuple[pd.DataFrame, str], alarm, alarm_exit_code: int | None, retraining,
-                  load: dict, benchmark: list[dict], figures_dir: Path) -> dict:
+@dataclass(frozen=True)
+class Run:
+    """Which run this is: its profile and backend, the data it used (source, stand_in, note), its figures' folder."""
+    profile: str
+    backend: str
+    data: dict
+    figures_dir: Path
+
+
+@dataclass(frozen=True)
+class Executions:
+    """The workflow's executions: one row per test image (`results`), one per deliberately bad input."""
+    results: pd.DataFrame
+    bad_inputs: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    """What monitoring measured from the captures. `captures`: records, files, accuracy, labelled; `drift`:
+    (table, p-value); `variants`: (table, verdict); `alarm`: a monitor.AlarmCheck, and `monitor --check`'s
+    exit code."""
+    captures: dict
+    drift: tuple[pd.DataFrame, float]
+    variants: tuple[pd.DataFrame, str]
+    alarm: Any
+    alarm_exit_code: int | None
+
+
+def build_metrics(run: Run, model: dict, test: dict, executions: Executions, monitoring: Monitoring, *,
+                  retraining: Any, load: dict, benchmark: list[dict]) -> dict:
     """metrics.json for the run. `model`: name, train_seconds, activations_cached, val_accuracy, best_epoch,
-    path, size_mb; `test`: accuracy, n, wrong, below_threshold, per_class (DataFrame); `captures`: records,
-    files, accuracy, labelled; `alarm`: a monitor.AlarmCheck; `retraining`: a retrain.RetrainResult or None."""
-    status = executions["status"].value_counts()
-    succeeded = executions[executions["status"] == "SUCCEEDED"]
+    path, size_mb; `test`: accuracy, n, wrong, below_threshold, per_class (DataFrame); `retraining`: a
+    retrain.RetrainResult or None; `load`: loadtest.run_load's summary ({} when not run); `benchmark`: the
+    TorchScript vs ONNX Runtime rows ([] when not run)."""
+    rows, alarm, alarm_exit_code = executions.results, monitoring.alarm, monitoring.alarm_exit_code
+    status = rows["status"].value_counts()
+    succeeded = rows[rows["status"] == "SUCCEEDED"]
     passed_accuracy = (float((succeeded["predicted_label"] == succeeded["true_label"]).mean())
                        if len(succeeded) and "true_label" in succeeded else None)
     summary = {
@@ -62,21 +91,21 @@ def build_metrics(*, profile: str, backend: str, data: dict, model: dict, test: 
         "train seconds include the trunk pass (no cache)": not model["activations_cached"],
         "served model": model["name"],
         "served model MB": _round(model["size_mb"], 1),
-        "executions (test images)": len(executions),
+        "executions (test images)": len(rows),
         "executions succeeded": int(status.get("SUCCEEDED", 0)),
         "executions failed (filter / errors)": int(status.get("FAILED", 0)),
         "accuracy of passed inferences": _round(passed_accuracy),
-        "capture records": int(captures["records"]),
-        "variant verdict": variants[1],
+        "capture records": int(monitoring.captures["records"]),
+        "variant verdict": monitoring.variants[1],
         "alarm": alarm.message(),
         "monitor --check exit code": alarm_exit_code,
     }
     tables = [report.table("Test set per class", test["per_class"]),
-              report.table("Executions by outcome", executions.fillna({"error": "-"}).groupby(["status", "error"])
+              report.table("Executions by outcome", rows.fillna({"error": "-"}).groupby(["status", "error"])
                            .size().rename("executions").reset_index()),
-              report.table("Bad inputs", bad_inputs[["s3_key", "status", "error"]]),
-              report.table("Production variants (from capture)", variants[0]),
-              report.table("Class-share drift (earlier vs later half)", drift[0])]
+              report.table("Bad inputs", executions.bad_inputs[["s3_key", "status", "error"]]),
+              report.table("Production variants (from capture)", monitoring.variants[0]),
+              report.table("Class-share drift (earlier vs later half)", monitoring.drift[0])]
     retrain_record = None
     if retraining is not None:
         retrain_record = {k: paths.display(v) if k.endswith("_path") and v else v
@@ -108,13 +137,13 @@ def build_metrics(*, profile: str, backend: str, data: dict, model: dict, test: 
         if ratio:
             summary["ONNX Runtime speed-up, single image p50 (1 thread)"] = ratio.get("p50 ms (1 thread)")
     figures = [{"title": title, "path": f"figures/{name}"} for name, title in FIGURE_TITLES.items()
-               if (Path(figures_dir) / name).exists()]
+               if (Path(run.figures_dir) / name).exists()]
     return {
         "project": "scones_workflow",
         "title": "Scones Unlimited workflow (ONNX endpoint, Lambdas, Step Functions, monitoring, retraining)",
-        "profile": profile,
-        "backend": backend,
-        "data": data,
+        "profile": run.profile,
+        "backend": run.backend,
+        "data": run.data,
         "headline": {"metric": "test accuracy (200 CIFAR-100 images; target 98%)",
                      "seed": "not reported (the seed deploys SageMaker's built-in image classifier)",
                      "value": f"{test['accuracy']:.1%} ({test['wrong']} test images wrong)"},

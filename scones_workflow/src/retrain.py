@@ -28,7 +28,7 @@ from PIL import Image
 from common import paths, s3io
 from common.images import ImageError, load_image
 
-from . import monitor
+from .monitoring import monitor
 from .data import CLASSES
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,26 @@ def queue_low_confidence(captures_location: str | Path, queue_path: Path, *, thr
 
 # ----------------------------------------------------------------------------- the round
 
+@dataclass(frozen=True)
+class LabelledImages:
+    """The labelled images of a round: the training set (training keeps its own validation split) and the
+    held-out test set, which no captured image may join and which gates the promotion."""
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class RoundFiles:
+    """Where a round reads and writes: the production model to beat (replaced when promoted), the labelling
+    queue CSV, the folder for the candidate model, and the trunk-activation cache (None: no cache)."""
+    production_model: Path
+    queue_path: Path
+    out_dir: Path
+    cache_dir: Path | None = None
+
+
 @dataclass
 class RetrainResult:
     captures: int
@@ -167,17 +187,22 @@ class RetrainResult:
                 f"production {self.current_accuracy:.4f}: {verdict}")
 
 
-def retrain(captures_location: str | Path, *, train_images: np.ndarray, train_labels: np.ndarray,
-            test_images: np.ndarray, test_labels: np.ndarray, production_model: Path, config, queue_path: Path,
-            out_dir: Path, threshold: float, cache_dir: Path | None = None, training_run: dict | None = None,
-            endpoint_url: str | None = None, init_state: dict | None = None) -> RetrainResult:
-    """One retraining round (see the module's docstring); returns what it did and measured. `init_state`
-    (the production model's torch state_dict, when at hand) warm-starts the candidate: fine-tuning the
-    production model on the new images for `config.epochs` instead of training from ImageNet weights."""
+def retrain(captures_location: str | Path, images: LabelledImages, files: RoundFiles, config, *, threshold: float,
+            training_run: dict | None = None, endpoint_url: str | None = None,
+            init_state: dict | None = None) -> RetrainResult:
+    """One retraining round (see the module's docstring) on the captures under `captures_location`, training
+    with `config` (the model's TrainConfig); returns what it did and measured. Captures at or above
+    `threshold` become pseudo-labels. `init_state` (the production model's torch state_dict, when at hand)
+    warm-starts the candidate: fine-tuning the production model on the new images for `config.epochs`
+    instead of training from ImageNet weights."""
     import time
 
     from . import model
-    from .predictor import Predictor
+    from .serving.predictor import Predictor
+
+    train_images, train_labels = images.train_images, images.train_labels
+    test_images, test_labels = images.test_images, images.test_labels
+    production_model, queue_path, out_dir = files.production_model, files.queue_path, files.out_dir
 
     captures = monitor.read_captures(captures_location, endpoint_url=endpoint_url)
     decoded = decode_captures(captures)
@@ -197,7 +222,7 @@ def retrain(captures_location: str | Path, *, train_images: np.ndarray, train_la
              "%d labelled by a person)", len(train_images), int(use.sum()), int((confident & ~human).sum()), int(human.sum()))
 
     started = time.perf_counter()
-    result = model.train(train_images, train_labels, config, cache_dir=cache_dir,
+    result = model.train(train_images, train_labels, config, cache_dir=files.cache_dir,
                          extra_images=decoded.images[use], extra_labels=labels[use], init_state=init_state)
     seconds = time.perf_counter() - started
     out_dir = Path(out_dir)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .capture import CaptureWriter
-from .lambdas.constants import THRESHOLD
-from .server import InferenceServer, Variant
-from .workflow import LocalWorkflow
+from ..lambdas.constants import THRESHOLD
+from ..serving.capture import CaptureWriter
+from ..serving.server import InferenceServer, Variant
+from .state_machine import LocalWorkflow
 
 
 # How many test images go through the workflow per profile (None: all of them).

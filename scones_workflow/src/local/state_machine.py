@@ -26,10 +26,10 @@ from moto import mock_aws
 from moto.awslambda_simple.models import LambdaSimpleBackend
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 
-from .lambdas import classify, confidence_filter, serialize
-from .lambdas.constants import CLASS_NAMES, THRESHOLD
+from ..lambdas import classify, confidence_filter, serialize
+from ..lambdas.constants import CLASS_NAMES, THRESHOLD
 
-ASL_PATH = Path(__file__).resolve().parents[1] / "workflow.asl.json"
+ASL_PATH = Path(__file__).resolve().parents[2] / "workflow.asl.json"
 ACCOUNT = "123456789012"
 # The ASL's substitution variables and the functions they name (the names the template gives them).
 FUNCTIONS = {

@@ -16,7 +16,7 @@ import numpy as np
 from common.images import load_image
 from common.serving import ModelFileError, OnnxModel, load_onnx
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 MODEL_NAME = "scones_classifier.onnx"
 COMMITTED_MODEL = PROJECT_DIR / "models" / MODEL_NAME  # the run of record's model, committed
 CONTAINER_MODEL = Path("/opt/ml/model/model.onnx")     # where SageMaker unpacks model.tar.gz

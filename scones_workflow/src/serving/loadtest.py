@@ -1,6 +1,6 @@
 """Load test of the local stack: N workflow executions from C concurrent clients.
 
-    python -m scones_workflow.src.loadtest --data-dir ../shared/data   # the committed ONNX model
+    python -m scones_workflow load --data-dir ../shared/data   # the committed ONNX model
 
 Starts the inference server (with data capture into a fresh folder) and the local workflow, runs
 `--executions` executions over the test images with `--concurrency` client threads, then checks that
@@ -17,8 +17,6 @@ clients, in images per second (the issue's target: >= 150 images/s on 2 cores wi
 """
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import tempfile
 import time
@@ -30,14 +28,12 @@ from pathlib import Path
 import boto3
 import numpy as np
 
-from common import paths
-
-from . import data, monitor
+from .. import data
+from ..lambdas.constants import THRESHOLD
+from ..local.state_machine import LocalWorkflow
+from ..monitoring import monitor
 from .capture import CaptureWriter
-from .lambdas.constants import THRESHOLD
-from .predictor import Predictor, default_model
 from .server import InferenceServer
-from .workflow import LocalWorkflow
 
 # The old end-to-end latency targets are retired (locally the time is moto's engine); the endpoint's is kept.
 TARGETS = {"endpoint_images_per_s": 150}
@@ -137,30 +133,3 @@ def load_test_images(data_dir: Path, limit: int | None = None) -> dict[str, byte
     frame = staged.test.iloc[:limit]
     return {f: (staged.root / f).read_bytes() for f in frame["file"]}
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m scones_workflow load", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None,
-                        help="ONNX model (default: $SCONES_MODEL, else scones_workflow/models/scones_classifier.onnx)")
-    parser.add_argument("--data-dir", default=None, help="datasets folder (default: $DATA_DIR, else ./data)")
-    parser.add_argument("--executions", type=int, default=200, help="workflow executions (default 200)")
-    parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
-    parser.add_argument("--endpoint-requests", type=int, default=200,
-                        help="direct invoke_endpoint calls for the endpoint throughput (default 200)")
-    parser.add_argument("--capture-dir", default=None, help="where captures go (default: a new temp folder)")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    predictor = Predictor(args.model or default_model())
-    summary = run_load(predictor, load_test_images(paths.data_dir(args.data_dir)), executions=args.executions,
-                       concurrency=args.concurrency, endpoint_requests=args.endpoint_requests,
-                       capture_dir=Path(args.capture_dir) if args.capture_dir else None)
-    print(json.dumps(summary, indent=2))
-    return 0 if summary["checks_passed"] else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

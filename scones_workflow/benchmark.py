@@ -1,6 +1,6 @@
 """TorchScript vs ONNX Runtime for the served model, side by side, in one run (`common.runtime_benchmark`).
 
-    python -m scones_workflow.src.benchmark [--onnx scones_workflow/models/scones_classifier.onnx] \
+    python -m scones_workflow.benchmark [--onnx scones_workflow/models/scones_classifier.onnx] \
         --torchscript scones_workflow/artifacts/full/model.ts
 
 Single-image p50/p95 with 1 and 2 threads, batch-32 throughput, cold start of a fresh process to its
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .predictor import default_model
+from scones_workflow.src.serving.predictor import default_model
 
 
 def make_input(n: int, size: int = 32) -> np.ndarray:
@@ -32,7 +32,7 @@ def compare(onnx_path: Path, torchscript_path: Path, *, model: str = "scones cla
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scones_workflow.src.benchmark", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m scones_workflow.benchmark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--onnx", default=None, help="the served ONNX model (default: the committed one)")
     parser.add_argument("--torchscript", required=True, help="the same model as TorchScript (`train` writes both)")

@@ -22,7 +22,7 @@ from scipy.stats import chi2_contingency, fisher_exact
 from common import plotting, s3io
 from common.images import load_image
 
-from .data import CLASSES
+from ..data import CLASSES
 
 COLUMNS = ["inference_time", "event_id", "inference_id", "content_type", "probabilities", "predicted_label",
            "confidence", "input_data", "capture_file", "endpoint", "variant"]
