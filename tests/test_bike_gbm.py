@@ -242,3 +242,23 @@ def test_autogluon_blend_weighs_the_nested_predictions_of_the_best_autogluon_sta
     with pytest.raises(ValueError, match="autogluon_blend.*AutoGluon"):
         train.fit_stage(stages["autogluon_blend"], fit, test, config=PROFILES["tiny"], models_dir=tmp_path,
                         previous=[])
+
+
+def test_profiles_are_named_frozen_configs_with_the_budgets_of_record():
+    import dataclasses
+
+    from common.profiles import NAMES, choose
+
+    assert tuple(PROFILES) == NAMES and choose(PROFILES, "full") is PROFILES["full"]
+    full, quick, tiny = PROFILES["full"], PROFILES["quick"], PROFILES["tiny"]
+    assert (full.budget, full.trials, full.min_seconds, full.gbm_rounds, full.max_seeds, full.workers) == (
+        360, 10, 30, 1.0, 3, 1)
+    stages = {s.name: s for s in train.STAGES}
+    # AutoGluon's time limit per fit: the stage's share of the budget per target, at least min_seconds
+    assert train._autogluon_targets(stages["best_quality"], full) == (["casual", "registered"], True, 360 * 0.28 / 2)
+    assert train._autogluon_targets(stages["initial"], quick) == (["count"], False, 20)  # 150 x 0.08 = 12 < 20
+    assert train._autogluon_targets(stages["initial"], tiny)[2] is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        full.budget = 1  # a variant is dataclasses.replace(config, ...), never an edit
+    with pytest.raises(ValueError, match="unknown profile 'huge'"):
+        choose(PROFILES, "huge")

