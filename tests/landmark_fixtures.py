@@ -28,9 +28,8 @@ def tiny_export(tmp_path_factory, tiny_dataset) -> export.Exported:
     torch.manual_seed(0)
     cnn = model.LandmarkCNN(CLASSES, (8, 16), dropout=0.0).eval()
     preprocessing = export.Preprocessing(73, 64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), mirror=True)
-    exported = export.export_predictor(cnn, preprocessing, tiny_dataset.class_names,
-                                       tmp_path_factory.mktemp("predictor"), model_name="tiny test CNN",
-                                       training_run={"profile": "test"}, display_names=tiny_dataset.display_names)
+    card = export.ModelCard(tiny_dataset.class_names, "tiny test CNN", {"profile": "test"}, tiny_dataset.display_names)
+    exported = export.export_predictor(cnn, preprocessing, card, tmp_path_factory.mktemp("predictor"))
     exported.eager = export.ServingModel(cnn, preprocessing, tiny_dataset.class_names).eval()
     return exported
 

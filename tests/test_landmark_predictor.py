@@ -79,8 +79,8 @@ def test_an_oversized_export_is_refused(monkeypatch, tmp_path):
 
     cnn = LandmarkCNN(2, (4,), dropout=0.0).eval()
     with pytest.raises(ValueError, match="over the 0.0001 MB"):
-        export.export_predictor(cnn, export.Preprocessing(40, 32, (0.5,) * 3, (0.5,) * 3), ["a", "b"], tmp_path,
-                                model_name="toy", training_run={})
+        export.export_predictor(cnn, export.Preprocessing(40, 32, (0.5,) * 3, (0.5,) * 3),
+                                export.ModelCard(["a", "b"], "toy", {}), tmp_path)
 
 
 def test_top_k_lists_names_and_probabilities_most_likely_first(tiny_predictor, photo):

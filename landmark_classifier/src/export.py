@@ -125,18 +125,27 @@ def _scriptable(model: nn.Module, crop_size: int) -> tuple[nn.Module, str]:
             return torch.jit.trace(model, example, check_trace=False), "traced"
 
 
-def export_predictor(model: nn.Module, preprocessing: Preprocessing, class_names: list[str], folder: Path, *,
-                     model_name: str, training_run: dict[str, Any], extra_checks: list[torch.Tensor] = (),
-                     stem: str = "landmark_predictor", display_names: list[str] | None = None) -> Exported:
+@dataclass(frozen=True)
+class ModelCard:
+    """What the exported file says about its model, besides the graph (stored in its metadata)."""
+    class_names: list[str]
+    model_name: str
+    training_run: dict[str, Any]
+    display_names: list[str] | None = None  # readable class names (default: class_names)
+
+
+def export_predictor(model: nn.Module, preprocessing: Preprocessing, card: ModelCard, folder: Path, *,
+                     extra_checks: list[torch.Tensor] = (), stem: str = "landmark_predictor") -> Exported:
     """Write `folder/stem.onnx` and `folder/stem.pt`, each checked against the eager model.
 
     The ONNX file is verified by `common.serving.export_onnx` on `check_inputs()` plus
     `extra_checks` (e.g. real test photos); its metadata carries what a predictor needs."""
+    class_names = card.class_names
     model = model.cpu().eval().to(memory_format=torch.contiguous_format)
     serving = ServingModel(model, preprocessing, class_names).eval()
     metadata = {
         "class_names": list(class_names),
-        "display_names": list(display_names or class_names),
+        "display_names": list(card.display_names or class_names),
         "input": INPUT_CONTRACT,
         "mean": list(preprocessing.mean),
         "std": list(preprocessing.std),
@@ -144,8 +153,8 @@ def export_predictor(model: nn.Module, preprocessing: Preprocessing, class_names
         "crop_size": preprocessing.crop_size,
         "mirror_average": preprocessing.mirror,
         "output": "probabilities N x classes (softmax), columns in class_names order",
-        "model_name": model_name,
-        "training_run": {"exported_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **training_run},
+        "model_name": card.model_name,
+        "training_run": {"exported_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **card.training_run},
     }
     folder = Path(folder)
     example = torch.randint(0, 256, (1, 3, 300, 400), dtype=torch.uint8)
