@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from common import training
 from mnist_classifier.src.data import MEAN, STD, MnistData, Split, batches
 
 BACKGROUND = (0 - MEAN) / STD  # a black pixel after normalisation
@@ -33,14 +34,11 @@ class TrainConfig:
 
 
 @dataclass
-class History:
+class History(training.History):
+    """common.training's per-epoch curves (lr here: one value per epoch), plus what the MNIST report
+    shows: the epoch numbers, the training accuracy and the total seconds."""
     epoch: list[int] = field(default_factory=list)
-    train_loss: list[float] = field(default_factory=list)
-    valid_loss: list[float] = field(default_factory=list)
     train_accuracy: list[float] = field(default_factory=list)
-    valid_accuracy: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-    best_epoch: int = 0
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, list[float]]:
