@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ import pytest
 from common.images import ImageError
 from common.paths import REPO_ROOT
 from common.serving import ModelFileError, read_metadata
-from scones_workflow.src import data, model
+from scones_workflow.src import data
+from scones_workflow.src.training import model
 from scones_workflow.src.data.stand_in import generate_stand_in
 from scones_workflow.src.serving.predictor import Predictor
 from tests.scones_fixtures import png_bytes
@@ -37,16 +39,17 @@ def test_training_keeps_the_best_epoch_and_logs_history(trained):
     assert set(result.history) == {"train_loss", "val_loss", "val_accuracy"}
     assert all(len(v) == TINY.epochs for v in result.history.values())
     assert 1 <= result.best_epoch <= TINY.epochs and result.val_accuracy == max(result.history["val_accuracy"])
-    assert not result.activations_cached and len(list(cache.glob("trunk_*.pt"))) == 1
+    assert not result.activations_cached and len(list(cache.glob("activations_*.pt"))) == 1
 
 
 def test_activations_are_cached_per_image(trained, tmp_path, monkeypatch):
     result, _, images, _, _ = trained
-    first = model.ActivationCache(TINY, tmp_path).get(result.model, images[:4])
-    cache = model.ActivationCache(TINY, tmp_path)  # a new process would read the file
-    monkeypatch.setattr(result.model, "trunk", lambda x: pytest.fail("recomputed instead of read from the cache"))
-    assert cache.get(result.model, images[[3, 1]]).equal(first[[3, 1]])  # any subset, any order
-    assert cache.missing(images[:6]) == [4, 5]
+    first = model.activation_cache(result.model, TINY, tmp_path)(model.to_tensor(images[:4]))
+    cache = model.activation_cache(result.model, TINY, tmp_path)  # a new process would read the file
+    monkeypatch.setattr(cache, "_run", lambda x: pytest.fail("recomputed instead of read from the cache"))
+    again = cache(model.to_tensor(images[[3, 1]]))  # any subset, any order
+    assert again.plain.equal(first.plain[[3, 1]]) and again.mirror.equal(first.mirror[[3, 1]])
+    assert cache.missing(model.to_tensor(images[:6])) == [4, 5]
 
 
 def test_validation_split_is_stratified():
@@ -86,7 +89,9 @@ def test_test_time_flip_averages_the_mirror_image(trained):
     result, _, images, _, _ = trained
     flip = model.predict_proba(result.model, images[:3])
     plain = model.without_tta(result.model)
-    both = (model.predict_proba(plain, images[:3]) + model.predict_proba(plain, model.mirrored(images[:3]))) / 2
+    # the mean of the two logits (the kit's served prediction, as in landmark): softmax of the mean log-probability
+    log_mean = (np.log(model.predict_proba(plain, images[:3])) + np.log(model.predict_proba(plain, model.mirrored(images[:3])))) / 2
+    both = np.exp(log_mean) / np.exp(log_mean).sum(1, keepdims=True)
     assert result.model.tta and np.allclose(flip, both, atol=1e-6)
 
 
@@ -187,15 +192,15 @@ def test_fit_head_is_reproducible_and_leaves_the_global_random_state_alone():
     config = model.PROFILES["tiny"]
     net = model.build(config)
     initial = {k: v.clone() for k, v in net.state_dict().items()}
-    with torch.inference_mode():
-        acts = net.trunk(torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8))
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    acts = model.activation_cache(net, replace(config, trunk_engine="torch"), None)(images)
     labels = torch.arange(16) % 2
     weights = []
     for caller_seed in (1, 2):  # the caller's random state differs, the fit does not
         net.load_state_dict(initial)
         torch.manual_seed(caller_seed)
-        model.fit_head(net, acts.clone(), labels, config)
-        weights.append(net.classifier.weight.detach().clone())
+        model.fit_head(net, acts, labels, config)
+        weights.append(net.net.head.weight.detach().clone())
         after = torch.rand(1)
         torch.manual_seed(caller_seed)
         assert torch.equal(after, torch.rand(1))

@@ -9,7 +9,7 @@ import pytest
 from common import report
 from scones_workflow.src import results
 from scones_workflow.src.monitoring import monitor
-from scones_workflow.src.retrain import RetrainResult
+from scones_workflow.src.training.retrain import RetrainResult
 
 
 def _inputs(tmp_path):

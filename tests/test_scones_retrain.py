@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from scones_workflow.src import data, model, retrain
+from scones_workflow.src import data
+from scones_workflow.src.training import model, retrain
 from scones_workflow.src.data.stand_in import generate_stand_in
 from scones_workflow.src.monitoring import monitor
 from scones_workflow.src.serving.capture import CaptureWriter

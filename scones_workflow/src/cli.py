@@ -60,7 +60,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from common.serving import save_torchscript
 
-    from . import data, model
+    from . import data
+    from .training import model
 
     staged = data.stage(paths.data_dir(args.data_dir))
     images, labels = data.load_arrays(staged, "train")
@@ -185,7 +186,8 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from . import data, model, retrain
+    from . import data
+    from .training import model, retrain
 
     staged = data.stage(paths.data_dir(args.data_dir))
     train_images, train_labels = data.load_arrays(staged, "train")
