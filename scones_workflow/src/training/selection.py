@@ -25,8 +25,8 @@ BASE = model.TrainConfig()
 CANDIDATES = [
     ("lite0 160px split13", replace(BASE, backbone="efficientnet_lite0", resolution=160, split_block=13, lr=1e-3)),
     # the kit's fine-tuning option (common.transfer.FinetuneConfig.drop_connect), measured on both projects
-    ("lite0 160px split13 drop connect", replace(BASE, backbone="efficientnet_lite0", resolution=160, split_block=13,
-                                                 lr=1e-3, drop_connect=True)),
+    ("lite0 160px split13 no drop connect", replace(BASE, backbone="efficientnet_lite0", resolution=160,
+                                                    split_block=13, lr=1e-3, drop_connect=False)),
     ("lite2 160px split15 lr1e-3", replace(BASE, split_block=15, lr=1e-3)),
     ("lite2 160px split15 lr3e-4", replace(BASE, split_block=15, lr=3e-4)),
     ("lite2 160px split18 lr5e-4", replace(BASE, split_block=18, lr=5e-4)),
