@@ -3,7 +3,6 @@ as future work: learning-rate schedules, augmentation and early stopping on vali
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -143,15 +142,16 @@ def train_epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer
 
 def fit(model: nn.Module, data: MnistData, config: TrainConfig, *, device: torch.device | str = "cpu",
         seed: int = 0, name: str = "model") -> History:
-    """Train on `data.train`, validate after every epoch, keep the weights of the best validation
-    accuracy (restored at the end), and stop early after `config.patience` epochs without progress."""
+    """Train on `data.train`, validate after every epoch, keep the weights of the best epoch by the rule
+    every loop here uses (`common.training.BestEpoch`: highest validation accuracy, ties to the lower
+    loss; restored at the end), and stop early after `config.patience` epochs without a better accuracy."""
     generator = torch.Generator().manual_seed(seed)
     if _uses_convolutions(model):
         model.to(memory_format=torch.channels_last)  # 1.5x faster convolutions on CPU
     model.to(device)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, math.ceil(len(data.train) / config.batch_size))
-    history, best_state, best_accuracy, stale = History(), None, -1.0, 0
+    history, best, stale = History(), training.BestEpoch(), 0
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
@@ -163,17 +163,17 @@ def fit(model: nn.Module, data: MnistData, config: TrainConfig, *, device: torch
             getattr(history, key).append(value)
         print(f"[Epoch {epoch}] {train_loss:.4f} -> {valid.loss:.4f}  "
               f"(train acc {train_accuracy:.2%}, valid acc {valid.accuracy:.2%})", flush=True)
-        if valid.accuracy > best_accuracy:
-            best_accuracy, history.best_epoch, stale = valid.accuracy, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-            if config.patience is not None and stale >= config.patience:
-                print(f"early stop: no better validation accuracy for {stale} epochs", flush=True)
-                break
+        # Patience counts epochs without a better accuracy: a loss that creeps down at the same accuracy
+        # may replace the kept weights (a tie broken) but is not progress worth waiting for.
+        stale = 0 if valid.accuracy > best.accuracy else stale + 1
+        if best.update(epoch, valid.accuracy, valid.loss, model):
+            history.best_epoch = epoch
+        if config.patience is not None and stale >= config.patience:
+            print(f"early stop: no better validation accuracy for {stale} epochs", flush=True)
+            break
     history.seconds = round(time.perf_counter() - started, 2)
-    model.load_state_dict(best_state)
+    best.restore(model)
     model.to(memory_format=torch.contiguous_format)
-    print(f"best validation accuracy {best_accuracy:.2%} at epoch {history.best_epoch}; "
+    print(f"best validation accuracy {best.accuracy:.2%} at epoch {history.best_epoch}; "
           f"{history.seconds:.0f} s", flush=True)
     return history
