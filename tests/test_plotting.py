@@ -318,3 +318,13 @@ def test_accuracy_bars_reject_bad_input():
         accuracy_bars({"a": 97.5})  # a percentage, not an accuracy
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         accuracy_bars({"a": float("nan")})
+
+
+def test_loss_curves_tick_whole_epochs_only():
+    """A one- or three-epoch run (the tiny profile, a short fine-tuning) shows epoch 1, 2, 3, not 0.96 or 1.5."""
+    for epochs in (1, 3):
+        fig = loss_curves({"train loss": [0.5] * epochs, "valid accuracy": [0.9] * epochs})
+        for ax in fig.axes:
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert ticks and all(float(t).is_integer() for t in ticks), (epochs, ticks)
+        plt.close(fig)
