@@ -161,7 +161,7 @@ def _plot_per_epoch(ax: Axes, curves: Mapping[str, Sequence[float]], ylabel: str
     for name, values in curves.items():
         ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=name)
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 0.96, 1.04 ticks on a short run
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epochs are whole: no 0.96, 1.04 ticks on a short run
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
