@@ -12,6 +12,7 @@ from common.images import ImageError
 from common.paths import REPO_ROOT
 from common.serving import ModelFileError, read_metadata
 from scones_workflow.src import data
+from scones_workflow.src.config import config_for
 from scones_workflow.src.training import model
 from scones_workflow.src.data.stand_in import generate_stand_in
 from scones_workflow.src.serving.predictor import Predictor
@@ -189,7 +190,7 @@ def test_fit_head_is_reproducible_and_leaves_the_global_random_state_alone():
     same data give the same weights, and the caller's random stream goes on as if nothing had happened."""
     import torch
 
-    config = model.PROFILES["tiny"]
+    config = config_for("tiny").train
     net = model.build(config)
     initial = {k: v.clone() for k, v in net.state_dict().items()}
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)

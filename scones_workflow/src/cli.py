@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common import paths
+from common.profiles import NAMES
 
 # The low-confidence alarm's defaults are template.yaml's CloudWatch alarm: more than 20 % of an hour's
 # inferences below THRESHOLD, once the hour has at least 10 inferences.
@@ -61,11 +62,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from common.serving import save_torchscript
 
     from . import data
+    from .config import config_for
     from .training import model
 
     staged = data.stage(paths.data_dir(args.data_dir))
     images, labels = data.load_arrays(staged, "train")
-    config = model.PROFILES[args.profile]
+    config = config_for(args.profile).train
     result = model.train(images, labels, config, cache_dir=ARTIFACTS / "cache")
     test_images, test_labels = data.load_arrays(staged, "test")
     accuracy = float((model.predict_proba(result.model, test_images).argmax(1) == test_labels).mean())
@@ -187,6 +189,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     from . import data
+    from .config import config_for
     from .training import model, retrain
 
     staged = data.stage(paths.data_dir(args.data_dir))
@@ -195,7 +198,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     images = retrain.LabelledImages(train_images, train_labels, test_images, test_labels)
     files = retrain.RoundFiles(production_model=Path(args.model or default_model()), queue_path=Path(args.queue),
                                out_dir=Path(args.out), cache_dir=ARTIFACTS / "cache")
-    result = retrain.retrain(args.captures, images, files, model.PROFILES[args.profile], threshold=args.threshold,
+    result = retrain.retrain(args.captures, images, files, config_for(args.profile).train, threshold=args.threshold,
                              endpoint_url=args.endpoint_url,
                              training_run={"profile": args.profile, "dataset": staged.source})
     print(result.summary())
@@ -279,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fine-tune EfficientNet-Lite0 on the CPU, export the served ONNX model")
     p.add_argument("--data-dir", **data_dir)
-    p.add_argument("--profile", choices=["tiny", "quick", "full"], default="full", help="training budget")
+    p.add_argument("--profile", choices=NAMES, default="full", help="training budget (src/config.py)")
     p.add_argument("--model", help="where to save (default: scones_workflow/artifacts/<profile>/model.onnx; a "
                                    "TorchScript copy .ts goes next to it)")
     p.set_defaults(func=cmd_train)
@@ -332,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="FILE.onnx",
                    help="the production model to beat and to replace when promoted (default as for serve)")
     p.add_argument("--data-dir", **data_dir)
-    p.add_argument("--profile", choices=["tiny", "quick", "full"], default="full", help="training budget")
+    p.add_argument("--profile", choices=NAMES, default="full", help="training budget (src/config.py)")
     p.add_argument("--threshold", type=float, default=THRESHOLD,
                    help=f"confidence for a pseudo-label (default {THRESHOLD}, the filter's)")
     p.add_argument("--out", default=str(ARTIFACTS / "retrain"), help="where the candidate model goes")

@@ -15,9 +15,6 @@ from .state_machine import LocalWorkflow
 
 
 # How many test images go through the workflow per profile (None: all of them).
-IMAGES = {"tiny": 20, "quick": 60, "full": None}
-
-
 @dataclass
 class LocalRun:
     results: pd.DataFrame        # one row per execution over the test images

@@ -39,9 +39,6 @@ from .server import InferenceServer
 TARGETS = {"endpoint_images_per_s": 150}
 # Per profile: (workflow executions, concurrent clients, direct endpoint requests); the test is `full`.
 # 600 requests: a few seconds of steady load, so thread start-up and one slow request weigh little.
-SIZES = {"tiny": (24, 4, 24), "quick": (100, 8, 200), "full": (200, 8, 600)}
-
-
 def _percentiles(latencies_ms: Sequence[float]) -> dict[str, float]:
     values = np.asarray(latencies_ms, dtype=float)
     return {"p50_ms": round(float(np.percentile(values, 50)), 1), "p99_ms": round(float(np.percentile(values, 99)), 1),

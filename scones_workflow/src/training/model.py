@@ -79,13 +79,6 @@ class TrainConfig:
                                        mirror=self.tta, seed=self.seed)
 
 
-PROFILES = {
-    "tiny": TrainConfig(backbone="efficientnet_lite0", resolution=64, split_block=14, epochs=2),
-    "quick": TrainConfig(resolution=128, epochs=4),
-    "full": TrainConfig(),
-}
-
-
 class SconesNet(nn.Module):
     """uint8 images -> resize + normalise -> frozen trunk -> trainable top -> linear -> probabilities (N x 2)."""
 
