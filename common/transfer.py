@@ -7,7 +7,7 @@ mirror image:
 - `split` cuts a backbone in two: a frozen `LiteTrunk` (stem and all but the last `top_blocks`
   blocks) and a `LiteTop` (those blocks, the 1 x 1 head convolution, average pooling).
 - `ActivationCache` runs the trunk (behind `Prepare`: uint8 images in) over images and their
-  mirrors and keeps each result under the image's content, on disk: any subset of images (a
+  mirrors (`ImageAndMirror`) and keeps each result under the image's content, on disk: any subset of images (a
   validation fold, the training set plus captured photos) reuses what was computed before.
 - Everything after that trains on the cache: `fit_logistic_head` (a logistic regression on the
   frozen top's features, as one linear layer) and `fit_top` (the top's blocks and a linear head
@@ -170,28 +170,45 @@ ENGINES = ("onnxruntime", "torch")
 ENGINE = "onnxruntime"
 
 
+class ImageAndMirror(nn.Module):
+    """uint8 N x 3 x H x W -> the trunk's activations of the prepared images, then of their mirrors (2N).
+
+    The mirror is taken of the *prepared* input, as the served models do: a centre crop whose
+    margins differ by a pixel (Lite2: 297 -> 260 px) is not symmetric, so mirroring before it would
+    shift the mirror image by one pixel against what the predictor sees."""
+
+    def __init__(self, prepare: nn.Module, trunk: nn.Module) -> None:
+        super().__init__()
+        self.prepare, self.trunk = prepare, trunk
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.prepare(images)
+        return self.trunk(torch.cat([x, x.flip(3)]))
+
+
 class ActivationCache:
     """Trunk activations per image content, the image's and its mirror's, float16, in one file.
 
-    `trunk` maps uint8 N x 3 x H x W images to activations (preprocessing included, e.g.
-    `nn.Sequential(Prepare(...), LiteTrunk(...))`); `path` names the file (None: memory only).
-    The file name must change with everything that changes the activations (backbone, cut,
-    input size): callers build it from those. `engine` runs the trunk in ONNX Runtime (the trunk
-    is exported once per input size, beside the cache) or in eager PyTorch (channels-last)."""
+    `prepare` maps uint8 N x 3 x H x W images to the trunk's input (`Prepare`), `trunk` that to
+    activations (`LiteTrunk`); `path` names the file (None: memory only). The file name must
+    change with everything that changes the activations (backbone, cut, input size): callers build
+    it from those. `engine` runs the pass in ONNX Runtime (exported once per input size, beside the
+    cache) or in eager PyTorch (channels-last)."""
 
-    def __init__(self, trunk: nn.Module, path: str | Path | None, *, engine: str = ENGINE,
+    def __init__(self, prepare: nn.Module, trunk: nn.Module, path: str | Path | None, *, engine: str = ENGINE,
                  batch_size: int = 32) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-        self.trunk, self.engine, self.batch_size = trunk.eval(), engine, batch_size
+        self.pair, self.engine, self.batch_size = ImageAndMirror(prepare, trunk).eval(), engine, batch_size
         if engine == "torch":  # here, not under inference mode: weights converted there could not train later
-            self.trunk.to(memory_format=torch.channels_last)
+            self.pair.to(memory_format=torch.channels_last)
         self.path = None if path is None else Path(path)
         self.store: dict[str, torch.Tensor] = {}   # key -> 2 x C x h x w (image, mirror)
         self.cost: dict[str, float] = {}           # key -> seconds its pass took
         if self.path is not None and self.path.is_file():
             stored = torch.load(self.path)
-            self.store, self.cost = stored["activations"], stored["seconds"]
+            if isinstance(stored, dict) and {"activations", "seconds"} <= set(stored):
+                self.store, self.cost = stored["activations"], stored["seconds"]
         self.computed = 0
         self._sessions: dict[tuple[int, ...], object] = {}
 
@@ -205,8 +222,7 @@ class ActivationCache:
         for start in tqdm(range(0, len(missing), self.batch_size), desc=desc, unit="batch", leave=False):
             chunk = missing[start:start + self.batch_size]
             started = time.perf_counter()
-            x = images[chunk]
-            out = self._run(torch.cat([x, x.flip(3)])).to(torch.float16)
+            out = self._run(images[chunk]).to(torch.float16)
             share = (time.perf_counter() - started) / len(chunk)
             for row, i in enumerate(chunk):
                 self.store[keys[i]] = torch.stack([out[row], out[len(chunk) + row]]).clone()
@@ -220,13 +236,14 @@ class ActivationCache:
                            cached=not missing)
 
     @torch.inference_mode()
-    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+    def _run(self, images: torch.Tensor) -> torch.Tensor:
+        """The activations of `images`, then of their mirrors (2N)."""
         if self.engine == "torch":
-            return self.trunk(batch).contiguous()
-        shape = tuple(batch.shape[1:])
+            return self.pair(images).contiguous()
+        shape = tuple(images.shape[1:])
         if shape not in self._sessions:
-            self._sessions[shape] = self._export(batch[:2])
-        return torch.from_numpy(self._sessions[shape].run(batch.numpy()))
+            self._sessions[shape] = self._export(images[:2])
+        return torch.from_numpy(self._sessions[shape].run(images.numpy()))
 
     def _export(self, example: torch.Tensor):
         from common.serving import export_onnx, load_onnx
@@ -235,7 +252,7 @@ class ActivationCache:
         stem = self.path.stem if self.path is not None else "trunk"
         onnx_path = folder / f"{stem}.{'x'.join(map(str, example.shape[1:]))}.onnx"
         if not onnx_path.is_file():
-            export_onnx(self.trunk, example, onnx_path, metadata={"what": "frozen trunk for the activation cache"},
+            export_onnx(self.pair, example, onnx_path, metadata={"what": "frozen trunk for the activation cache"},
                         check_inputs=[example[:1]], atol=1e-3)
         return load_onnx(onnx_path, threads=torch.get_num_threads())
 

@@ -16,7 +16,6 @@ import statistics
 import time
 
 import torch
-from torch import nn
 
 from common import transfer
 from common.backbones import load_backbone
@@ -31,17 +30,17 @@ def measure(case: tuple, batch: int, rounds: int) -> dict:
     name, top_blocks, image_size, size, how = case
     backbone = load_backbone(name)
     trunk, _ = transfer.split(backbone, top_blocks)
-    model = nn.Sequential(transfer.Prepare(backbone, size, how), trunk).eval()
+    prepare = transfer.Prepare(backbone, size, how)
     images = torch.randint(0, 256, (batch, 3, image_size, image_size), dtype=torch.uint8)
-    caches = {engine: transfer.ActivationCache(model, None, engine=engine, batch_size=batch)
+    caches = {engine: transfer.ActivationCache(prepare, trunk, None, engine=engine, batch_size=batch)
               for engine in transfer.ENGINES}
     for cache in caches.values():  # warm-up: ONNX export and session, oneDNN kernels
-        cache._run(torch.cat([images, images.flip(3)]))
+        cache._run(images)
     seconds = {engine: [] for engine in caches}
     for _ in range(rounds):
         for engine, cache in caches.items():
             started = time.perf_counter()
-            cache._run(torch.cat([images, images.flip(3)]))
+            cache._run(images)
             seconds[engine].append((time.perf_counter() - started) / batch)
     medians = {engine: statistics.median(values) for engine, values in seconds.items()}
     return {**{f"{engine} ms/image (image + mirror)": round(1000 * m, 2) for engine, m in medians.items()},

@@ -93,8 +93,10 @@ def test_training_lowers_the_loss():
     history = train.fit(cnn, (train_loader, valid_loader), _opt(optimizer, scheduler, 4), device=torch.device("cpu"))
     after, accuracy = train.evaluate(cnn, valid_loader, loss_fn, torch.device("cpu"))
     # fit returns the best epoch by common.training.BestEpoch: highest accuracy, ties to the lower loss
-    best = max(range(4), key=lambda i: (history.valid_accuracy[i], -history.valid_loss[i]))
-    assert history.best_epoch == best + 1
+    best = history.best_epoch - 1  # BestEpoch: the highest accuracy, then the lowest loss (history rounds both)
+    assert history.valid_accuracy[best] == max(history.valid_accuracy)
+    assert history.valid_loss[best] == min(loss for loss, accuracy in zip(history.valid_loss, history.valid_accuracy)
+                                           if accuracy == history.valid_accuracy[best])
     assert after < before and history.valid_loss[best] == pytest.approx(after, rel=1e-4)
     assert accuracy == pytest.approx(history.valid_accuracy[best], abs=1e-4)
     assert len(history.train_loss) == 4 and len(history.lr) == 4 * 3 and 1 <= history.best_epoch <= 4

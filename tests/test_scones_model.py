@@ -40,7 +40,7 @@ def test_training_keeps_the_best_epoch_and_logs_history(trained):
     assert set(result.history) == {"train_loss", "val_loss", "val_accuracy"}
     assert all(len(v) == TINY.epochs for v in result.history.values())
     assert 1 <= result.best_epoch <= TINY.epochs and result.val_accuracy == max(result.history["val_accuracy"])
-    assert not result.activations_cached and len(list(cache.glob("activations_*.pt"))) == 1
+    assert not result.activations_cached and len(list(cache.glob("trunk_pairs_*.pt"))) == 1
 
 
 def test_activations_are_cached_per_image(trained, tmp_path, monkeypatch):

@@ -21,8 +21,9 @@ def lite0():
 
 
 def _trunk(lite0, top_blocks=1, size=64):
+    """((prepare, trunk), top): what ActivationCache and the top take."""
     trunk, top = transfer.split(lite0, top_blocks)
-    return nn.Sequential(transfer.Prepare(lite0, size, "crop"), trunk), top
+    return (transfer.Prepare(lite0, size, "crop"), trunk), top
 
 
 def test_trunk_and_top_compute_the_backbones_features(lite0):
@@ -52,11 +53,11 @@ def test_activations_are_cached_per_image_content_with_their_mirrors(lite0, tmp_
     trunk, top = _trunk(lite0)
     images = torch.randint(0, 256, (3, 3, 72, 72), dtype=torch.uint8)
     path = tmp_path / "acts.pt"
-    cache = transfer.ActivationCache(trunk, path, engine="torch", batch_size=2)
+    cache = transfer.ActivationCache(*trunk, path, engine="torch", batch_size=2)
     acts = cache(images)
     assert acts.plain.shape == acts.mirror.shape and len(acts) == 3 and not acts.cached and path.exists()
     assert cache.computed == 3 and acts.plain.dtype == torch.float16
-    again = transfer.ActivationCache(trunk, path, engine="torch")  # a new process: read from the file
+    again = transfer.ActivationCache(*trunk, path, engine="torch")  # a new process: read from the file
     subset = again(images[[2, 0]])
     assert subset.cached and again.computed == 0 and torch.equal(subset.plain, acts.plain[[2, 0]])
     assert subset.seconds <= acts.seconds
@@ -68,14 +69,27 @@ def test_activations_are_cached_per_image_content_with_their_mirrors(lite0, tmp_
         expected = (lite0.module(x) + lite0.module(x.flip(3))) / 2
     assert torch.allclose(features, expected, atol=2e-2)  # activations are stored in float16
     with pytest.raises(ValueError, match="engine must be"):
-        transfer.ActivationCache(trunk, None, engine="tensorrt")
+        transfer.ActivationCache(*trunk, None, engine="tensorrt")
+
+
+def test_the_mirror_is_of_the_prepared_image_as_served(lite0):
+    """73 -> 64 px leaves margins of 4 and 5 pixels: mirroring the photo before the crop would shift the
+    mirror by a pixel against the predictor, which flips the crop (Lite2's 297 -> 260 px is such a crop)."""
+    (prepare, trunk), _ = _trunk(lite0, size=64)
+    images = torch.randint(0, 256, (2, 3, 73, 73), dtype=torch.uint8)
+    pair = transfer.ActivationCache(prepare, trunk, None, engine="torch")._run(images)  # float32, before storage
+    with torch.no_grad():
+        expected = trunk(prepare(images).flip(3))
+        shifted = trunk(prepare(images.flip(3)))
+    mirror = pair[len(images):]
+    assert (mirror - expected).abs().max() < 1e-3 * (mirror - shifted).abs().max()
 
 
 def test_onnxruntime_engine_agrees_with_torch(lite0, tmp_path):
     trunk, _ = _trunk(lite0, top_blocks=4)
     images = torch.randint(0, 256, (2, 3, 72, 72), dtype=torch.uint8)
-    by_torch = transfer.ActivationCache(trunk, None, engine="torch")(images)
-    by_ort = transfer.ActivationCache(trunk, tmp_path / "acts.pt", engine="onnxruntime")(images)
+    by_torch = transfer.ActivationCache(*trunk, None, engine="torch")(images)
+    by_ort = transfer.ActivationCache(*trunk, tmp_path / "acts.pt", engine="onnxruntime")(images)
     assert torch.allclose(by_ort.plain.float(), by_torch.plain.float(), atol=2e-2)
     assert torch.allclose(by_ort.mirror.float(), by_torch.mirror.float(), atol=2e-2)
     assert list(tmp_path.glob("acts.3x72x72.onnx"))  # exported once per input size, beside the cache
@@ -105,7 +119,7 @@ def test_two_classes_give_two_logits():
 def _acts(lite0):
     trunk, top = _trunk(lite0)
     images = torch.randint(0, 256, (6, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    return top, transfer.ActivationCache(trunk, None, engine="torch")(images), torch.tensor([0, 1, 2, 0, 1, 2])
+    return top, transfer.ActivationCache(*trunk, None, engine="torch")(images), torch.tensor([0, 1, 2, 0, 1, 2])
 
 
 def test_finetuning_trains_a_copy_of_the_top_and_keeps_the_best_epoch(lite0):
@@ -115,8 +129,11 @@ def test_finetuning_trains_a_copy_of_the_top_and_keeps_the_best_epoch(lite0):
     config = transfer.FinetuneConfig(epochs=3, lr=1e-3, batch_size=4)
     tuned_top, tuned_head, history = transfer.fit_top(top, linear, acts, labels, acts, labels, config)
     assert len(history.valid_loss) == 3 and len(history.lr) == 3 * 3
-    best = max(range(3), key=lambda i: (history.valid_accuracy[i], -history.valid_loss[i]))
-    assert history.best_epoch == best + 1  # BestEpoch: accuracy, then loss
+    best = history.best_epoch - 1  # BestEpoch: the highest accuracy, then the lowest loss (history rounds both)
+    top_accuracy = max(history.valid_accuracy)
+    assert history.valid_accuracy[best] == top_accuracy
+    assert history.valid_loss[best] == min(loss for loss, accuracy in zip(history.valid_loss, history.valid_accuracy)
+                                           if accuracy == top_accuracy)
     logits = transfer.mirror_mean(nn.Sequential(tuned_top, tuned_head), acts)
     assert float(nn.functional.cross_entropy(logits, labels)) == pytest.approx(history.valid_loss[best], abs=1e-4)
     assert all(torch.equal(before[k], v) for k, v in top.state_dict().items())  # the original is untouched

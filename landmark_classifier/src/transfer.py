@@ -109,9 +109,8 @@ def prepare(backbone: Backbone, train: tuple[torch.Tensor, torch.Tensor], valid:
     their centre crop, normalised, as the exported predictor does."""
     trunk, top = split(backbone, config.top_blocks)
     path = None if cache_dir is None else (
-        Path(cache_dir) / f"activations_{backbone.name}_top{config.top_blocks}_crop{backbone.input_size}.pt")
-    cache = ActivationCache(nn.Sequential(Prepare(backbone, backbone.input_size, "crop"), trunk), path,
-                            batch_size=config.batch_size)
+        Path(cache_dir) / f"trunk_pairs_{backbone.name}_top{config.top_blocks}_crop{backbone.input_size}.pt")
+    cache = ActivationCache(Prepare(backbone, backbone.input_size, "crop"), trunk, path, batch_size=config.batch_size)
     acts = {name: cache(images, desc=f"{backbone.name} {name}") for name, (images, _) in (("train", train),
                                                                                         ("valid", valid))}
     return BackboneData(backbone, trunk, top, acts["train"], acts["valid"], train[1], valid[1])

@@ -90,10 +90,6 @@ class SconesNet(nn.Module):
         self.prepare = transfer.Prepare(backbone, config.resolution, "resize")
         self.net = transfer.Classifier(trunk, top, nn.Linear(backbone.feature_dim, num_classes), config.dropout)
 
-    def trunk(self) -> nn.Module:
-        """uint8 images -> the frozen trunk's activations: what the activation cache runs."""
-        return nn.Sequential(self.prepare, self.net.trunk)
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.tta:  # one batch of 2N: the images and their mirror images; the mean of their logits
             n = images.shape[0]
@@ -109,8 +105,8 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 def activation_cache(model: SconesNet, config: TrainConfig, cache_dir: Path | None) -> transfer.ActivationCache:
     """The kit's cache of this configuration's trunk (one file per backbone, resolution and cut)."""
-    name = f"activations_{config.backbone}_{config.resolution}px_split{config.split_block}.pt"
-    return transfer.ActivationCache(model.trunk(), None if cache_dir is None else Path(cache_dir) / name,
+    name = f"trunk_pairs_{config.backbone}_{config.resolution}px_split{config.split_block}.pt"
+    return transfer.ActivationCache(model.prepare, model.net.trunk, None if cache_dir is None else Path(cache_dir) / name,
                                     engine=config.trunk_engine, batch_size=64)
 
 
