@@ -338,7 +338,7 @@ class FinetuneConfig:
     # cross-validation on the training images of both projects (2026-12-06), off / on:
     #   Scones, Lite0 160 px, 1,000 CIFAR images: 96.0 % / 97.1 % (960 / 971 right)
     #     `python -m scones_workflow.src.training.selection --folds 5 --only ...`
-    #   landmark, Lite2, 1,657 GLDv2 photos, 2 epochs: 95.7 % / 95.9 % (1,586 / 1,589 right)
+    #   landmark, Lite2, 1,657 GLDv2 photos, 2 epochs: 95.8 % / 96.0 % (1,587 / 1,590 right)
     #     `python -m landmark_classifier.src.transfer`
     # On (Scones' old way) wins on one project and ties on the other, so it is the default.
     drop_connect: bool = True
