@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from common import torchkit
 from common.downloads import DownloadError, extract_zip, fetch
 from common.paths import display as shown_path
 from common.images import ImageError, load_image
@@ -292,11 +293,8 @@ def decode_images(paths: list[Path], size: int, cache_dir: Path | None = None, d
             continue
         kept.append(i)
     result = Decoded(images[:len(kept)].clone(), np.asarray(kept, dtype=np.int64), skipped)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save({"images": result.images, "kept": torch.from_numpy(result.kept), "skipped": skipped}, tmp)
-        tmp.replace(cache)  # atomic: an interrupted run never leaves half a cache
+    if cache is not None:  # atomic: an interrupted run never leaves half a cache
+        torchkit.save({"images": result.images, "kept": torch.from_numpy(result.kept), "skipped": skipped}, cache)
     return result
 
 

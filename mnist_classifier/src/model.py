@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from common import serving
+from common import serving, torchkit
 from mnist_classifier.src.data import CLASSES, MEAN, STD
 
 
@@ -108,8 +108,5 @@ def export_onnx(model: nn.Module, path: str | Path, *, name: str, training_run: 
 
 
 def save_state_dict(model: nn.Module, path: str | Path) -> Path:
-    """The seed's `torch.save(model.state_dict(), "mnist_model.pth")`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
-    return path
+    """The seed's `torch.save(model.state_dict(), "mnist_model.pth")`, written atomically."""
+    return torchkit.save(model.state_dict(), path)
