@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from common import paths, report
-from common.resources import PeakMemory
+from common.memory import PeakMemory
 
 PROFILES = {
     "quick": "small budgets: every project in minutes, for a first look",

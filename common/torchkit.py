@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.resources import PeakMemory
+from common.memory import PeakMemory
 
 
 def select_device(threads: int | None = None) -> torch.device:

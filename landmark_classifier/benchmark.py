@@ -28,7 +28,7 @@ INPUT_HW = (480, 640)
 
 def sample_photo(size: tuple[int, int] = (1024, 768), seed: int = 0) -> bytes:
     """JPEG bytes of a generated scene, for timing when no photo is given."""
-    from landmark_classifier.src.standin import LANDMARKS, draw_scene
+    from landmark_classifier.src.standin_photos import LANDMARKS, draw_scene
 
     buffer = io.BytesIO()
     draw_scene(next(iter(LANDMARKS)), random.Random(seed), size).save(buffer, format="JPEG", quality=90)

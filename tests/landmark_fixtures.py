@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from landmark_classifier.src import data, export, model, standin
+from landmark_classifier.src import data, export, model, standin_photos
 
 CLASSES = 3
 
@@ -16,7 +16,7 @@ CLASSES = 3
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> data.LandmarkData:
     """3 classes x (6 train + 2 test) generated scenes in the real dataset's folder layout."""
-    root = standin.generate(tmp_path_factory.mktemp("landmarks") / "landmark_images",
+    root = standin_photos.generate(tmp_path_factory.mktemp("landmarks") / "landmark_images",
                             classes=CLASSES, train_per_class=6, test_per_class=2, seed=1)
     names = data.validate_layout(root, CLASSES)
     return data.LandmarkData(root, names, "test fixture", True, counts=data.layout_counts(root, names))

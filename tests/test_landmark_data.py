@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from landmark_classifier.src import config, data, results, standin
+from landmark_classifier.src import config, data, results, standin_photos
 from tests.landmark_fixtures import CLASSES, tiny_dataset  # noqa: F401 (fixture)
 
 
@@ -38,7 +38,7 @@ def test_empty_class_folder_is_named(tiny_dataset, tmp_path):
 
 
 def test_a_broken_real_folder_is_an_error_not_a_silent_fallback(tmp_path):
-    standin.generate(tmp_path / data.FOLDER, classes=1, train_per_class=1, test_per_class=1)
+    standin_photos.generate(tmp_path / data.FOLDER, classes=1, train_per_class=1, test_per_class=1)
     with pytest.raises(ValueError, match="has 1 class folder.*at least 2"):
         data.locate(tmp_path, allow_download=False)
 
@@ -51,8 +51,8 @@ def test_display_names_come_from_the_folder_names():
 
 
 def test_the_dataset_parameter_names_any_folder_in_the_layout(tmp_path, capsys):
-    standin.generate(tmp_path / "my_landmarks", classes=2, train_per_class=2, test_per_class=1)
-    standin.generate(tmp_path / data.GLDV2_FOLDER, classes=3, train_per_class=1, test_per_class=1)
+    standin_photos.generate(tmp_path / "my_landmarks", classes=2, train_per_class=2, test_per_class=1)
+    standin_photos.generate(tmp_path / data.GLDV2_FOLDER, classes=3, train_per_class=1, test_per_class=1)
     found = data.locate(tmp_path, dataset="my_landmarks", allow_download=False)
     assert not found.stand_in and found.root == tmp_path / "my_landmarks" and len(found.class_names) == 2
     assert found.counts == {"train": 4, "test": 2} and "real photos from my_landmarks/" in found.source
@@ -62,10 +62,10 @@ def test_the_dataset_parameter_names_any_folder_in_the_layout(tmp_path, capsys):
 
 
 def test_without_the_udacity_set_gldv2_comes_before_the_stand_in(tmp_path):
-    standin.generate(tmp_path / data.GLDV2_FOLDER, classes=3, train_per_class=1, test_per_class=1)
+    standin_photos.generate(tmp_path / data.GLDV2_FOLDER, classes=3, train_per_class=1, test_per_class=1)
     found = data.locate(tmp_path, allow_download=False)
     assert not found.stand_in and found.name == data.GLDV2_FOLDER and "not the Udacity 50" in found.source
-    standin.generate(tmp_path / data.FOLDER, classes=2, train_per_class=1, test_per_class=1)
+    standin_photos.generate(tmp_path / data.FOLDER, classes=2, train_per_class=1, test_per_class=1)
     assert data.locate(tmp_path, allow_download=False).name == data.FOLDER  # the Udacity set comes first
 
 

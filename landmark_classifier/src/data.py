@@ -6,7 +6,7 @@ Sources, in order (`locate`):
    so the integrity check is the extracted layout (`validate_layout`).
 3. `DATA_DIR/landmark_gldv2/`: real GLDv2 photos of 12 landmarks in the same layout (the data these
    machines have; not the Udacity 50, so not comparable with the seed's numbers).
-4. Offline: a generated stand-in in the same layout (`standin.py`), announced loudly and marked
+4. Offline: a generated stand-in in the same layout (`standin_photos.py`), announced loudly and marked
    `stand_in=True` so notebooks, metrics.json and the README say so.
 `locate(..., dataset="folder")` (the notebooks' DATASET parameter) skips the search and uses
 `DATA_DIR/folder`, any dataset in that layout: at least 2 class folders, the same in train/ and
@@ -39,7 +39,7 @@ from common import torchkit
 from common.downloads import DownloadError, extract_zip, fetch
 from common.paths import display as shown_path
 from common.images import ImageError, load_image
-from landmark_classifier.src import standin
+from landmark_classifier.src import standin_photos
 
 URL = "https://udacity-dlnfd.s3-us-west-1.amazonaws.com/datasets/landmark_images.zip"
 FOLDER = "landmark_images"
@@ -193,7 +193,7 @@ def make_standin(data_dir: Path, size: str, reason: str) -> LandmarkData:
     if size not in STANDIN_SIZES:
         raise ValueError(f"unknown stand-in size {size!r}; choose from {', '.join(STANDIN_SIZES)}")
     spec = STANDIN_SIZES[size]
-    root = standin.generate(Path(data_dir) / f"{FOLDER}_standin_{size}", **spec)
+    root = standin_photos.generate(Path(data_dir) / f"{FOLDER}_standin_{size}", **spec)
     names = validate_layout(root, spec["classes"])
     counts = layout_counts(root, names)
     print("=" * 78)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from common.backbones import LITE_BACKBONES, Backbone, load_backbone
-from common.resources import PeakMemory
+from common.memory import PeakMemory
 from common.training import History
 from common.transfer import (ActivationCache, Activations, Classifier, FinetuneConfig, LiteTop, LiteTrunk, Prepare,
                              fit_logistic_head, fit_top, mirror_mean, split)
