@@ -107,11 +107,8 @@ class Classifier(nn.Module):
         super().__init__()
         self.trunk, self.top, self.dropout, self.head = trunk, top, nn.Dropout(dropout), head
 
-    def from_trunk(self, activations: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.top(activations)))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.from_trunk(self.trunk(x))
+        return self.head(self.dropout(self.top(self.trunk(x))))
 
 
 def split(backbone: Backbone, top_blocks: int) -> tuple[LiteTrunk, LiteTop]:
@@ -284,7 +281,7 @@ class LogisticHead:
     searched: dict[float, float] = field(default_factory=dict)  # C -> validation accuracy
 
 
-def _scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+def accuracy_and_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     """(accuracy, cross-entropy) of logits."""
     return float((logits.argmax(1) == labels).float().mean()), float(F.cross_entropy(logits, labels))
 
@@ -303,7 +300,7 @@ def fit_logistic_head(train_x: torch.Tensor, train_y: torch.Tensor, valid_x: tor
         logits = torch.from_numpy(regression.decision_function(vs)).float()
         if logits.ndim == 1:  # two classes: sklearn gives one column
             logits = torch.stack([-logits / 2, logits / 2], 1)
-        accuracy, loss = _scores(logits, valid_y)
+        accuracy, loss = accuracy_and_loss(logits, valid_y)
         searched[C] = round(accuracy, 4)
         if best is None or (accuracy, -loss) > (best[0], -best[1]):
             best = (accuracy, loss, C, regression)
@@ -394,7 +391,8 @@ def _fit_top(top: LiteTop, head: nn.Linear, train: Activations, train_y: torch.T
             total += loss.item() * len(index)
         history.train_loss.append(round(total / len(inputs), 5))
         if valid is not None:
-            accuracy, valid_loss = _scores(mirror_mean(nn.Sequential(top, head), valid, mirror=config.mirror), valid_y)
+            logits = mirror_mean(nn.Sequential(top, head), valid, mirror=config.mirror)
+            accuracy, valid_loss = accuracy_and_loss(logits, valid_y)
             history.valid_loss.append(round(valid_loss, 5))
             history.valid_accuracy.append(round(accuracy, 5))
             best.update(epoch, accuracy, valid_loss, both)

@@ -104,7 +104,6 @@ def test_training_lowers_the_loss():
 
 
 def test_checkpoint_resume_continues_where_it_stopped(tmp_path):
-    loss_fn = training.get_loss()
     device = torch.device("cpu")
     train_loader, valid_loader = _loaders()
     cnn, optimizer, scheduler = _setup(3)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from common import metrics, paths, plotting, report
+from common import metrics, plotting, report
 from common.torchkit import measure, seed_everything
 from mnist_classifier.src.data import CLASSES, MnistData, denormalise
 from mnist_classifier.src.experiments import Experiment

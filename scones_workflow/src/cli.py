@@ -190,7 +190,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 def cmd_retrain(args: argparse.Namespace) -> int:
     from . import data
     from .config import config_for
-    from .training import model, retrain
+    from .training import retrain
 
     staged = data.stage(paths.data_dir(args.data_dir))
     train_images, train_labels = data.load_arrays(staged, "train")

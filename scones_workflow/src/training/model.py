@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from common import transfer
@@ -156,7 +155,8 @@ def fit_head(model: SconesNet, fit: transfer.Activations, fit_y: torch.Tensor, c
 def scores(model: SconesNet, acts: transfer.Activations, labels: torch.Tensor, *, mirror: bool) -> tuple[float, float]:
     """(loss, accuracy) of the served prediction on cached activations (`mirror`: with the test-time flip)."""
     logits = transfer.mirror_mean(nn.Sequential(model.net.top, model.net.head), acts, mirror=mirror)
-    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+    accuracy, loss = transfer.accuracy_and_loss(logits, labels)
+    return loss, accuracy
 
 
 def build(config: TrainConfig) -> SconesNet:
