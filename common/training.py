@@ -1,5 +1,7 @@
 """What every training loop here shares: loss, optimizer and schedule builders (stepped once per
-batch), the per-epoch history, and the one rule by which a loop keeps its best epoch.
+batch), the per-epoch history, the one rule by which a loop keeps its best epoch, and its checkpoints
+(`Checkpoints`: saved every epoch, resumed with the random state, so a resumed run ends as an
+uninterrupted one would).
 
 Used by the landmark scratch CNN (`landmark_classifier/src/train.py`), MNIST's loops and the
 transfer kit's fine-tuning (`common.transfer.fit_top`, landmark and Scones): a fix here reaches all.
@@ -9,9 +11,12 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from common import torchkit
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -111,3 +116,74 @@ class BestEpoch:
         """Load the best epoch's weights (no-op when no epoch was validated)."""
         if self.state is not None:
             module.load_state_dict(self.state)
+
+
+# ------------------------------------------------------------------- checkpoints and resume
+
+def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, epoch: int, history: dict,
+             generators: tuple[torch.Generator, ...] = ()) -> dict:
+    """Everything a loop needs to continue after `epoch` as if it had never stopped: weights,
+    optimizer and schedule, the history so far, and the random state (torch's global generator, which
+    dropout and the image transforms draw from, the CUDA ones, and the loop's own `generators`, which
+    shuffle and augment), so a resumed run gives the same weights as an uninterrupted one."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "epoch": epoch, "history": history,
+            "rng": {"torch": torch.get_rng_state(), "generators": [g.get_state() for g in generators],
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
+
+
+def restore(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+            generators: tuple[torch.Generator, ...] = ()) -> None:
+    """Load a `snapshot` into the loop's objects (a checkpoint from before the random state was kept
+    resumes with the weights, optimizer and schedule only)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    rng = state.get("rng")
+    if rng is None:
+        return
+    torch.set_rng_state(rng["torch"].cpu())
+    for generator, saved in zip(generators, rng["generators"]):
+        generator.set_state(saved.cpu())
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+class Checkpoints:
+    """A loop's checkpoints in `folder`: `last.pt` (a `snapshot` after the latest epoch, plus the best
+    epoch's rank) and `best.pt` (the best epoch's weights, written only when they change).
+
+    Every epoch ends with a save, so an interrupted run (a spot instance reclaimed, a killed kernel)
+    loses at most the epoch it was in; `torchkit.save` writes atomically, so a kill mid-save leaves the
+    previous file. With `writes=False` (every process but rank 0 of a distributed run) nothing is
+    written, and every process reads what rank 0 wrote. `folder=None`: no checkpoints."""
+
+    def __init__(self, folder: str | Path | None, *, writes: bool = True) -> None:
+        self.folder = Path(folder) if folder is not None else None
+        self.writes = writes
+
+    @property
+    def last(self) -> Path | None:
+        return self.folder / "last.pt" if self.folder is not None else None
+
+    def save(self, state: dict, best: BestEpoch, improved: bool) -> None:
+        if self.folder is None or not self.writes:
+            return
+        if improved and best.state is not None:
+            torchkit.save(best.state, self.folder / "best.pt")
+        torchkit.save({**state, "best": (best.accuracy, best.loss, best.epoch)}, self.folder / "last.pt")
+
+    def load(self, device: torch.device | str = "cpu") -> tuple[dict, BestEpoch] | None:
+        """(the last snapshot, the best epoch with its weights), or None when there is none."""
+        if self.last is None or not self.last.exists():
+            return None
+        state = torch.load(self.last, map_location=device, weights_only=False)
+        # (accuracy, loss, epoch) of the best epoch; a checkpoint from before that rule kept the loss only
+        best = BestEpoch(*state.get("best", (-math.inf, state.get("best_valid_loss", math.inf),
+                                             state["history"].get("best_epoch", 0))))
+        best_file = self.folder / "best.pt"
+        if best_file.exists():
+            best.state = torch.load(best_file, map_location=device)
+        return state, best

@@ -31,11 +31,12 @@ import numpy as np
 import torch
 from PIL import Image
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from common import torchkit
+from common.container import Distributed
 from common.downloads import DownloadError, extract_zip, fetch
 from common.paths import display as shown_path
 from common.images import ImageError, load_image
@@ -414,8 +415,15 @@ def loader_workers() -> int:
 
 
 def make_loader(images: torch.Tensor, labels: torch.Tensor, transform, *, batch_size: int, shuffle: bool,
-                seed: int = 0, workers: int | None = None) -> DataLoader:
+                seed: int = 0, workers: int | None = None, shard: Distributed | None = None) -> DataLoader:
+    """Batches of `transform`ed images. With `shard` (a distributed run's training loader), each
+    process gets its `DistributedSampler` share of every epoch, `batch_size` being the global batch."""
     workers = loader_workers() if workers is None else workers
-    return DataLoader(TensorImages(images, labels, transform), batch_size=batch_size, shuffle=shuffle,
+    dataset = TensorImages(images, labels, transform)
+    if shard is not None and shard.distributed:
+        sampler = DistributedSampler(dataset, shard.world_size, shard.rank, shuffle=shuffle, seed=seed)
+        return DataLoader(dataset, batch_size=shard.shard(batch_size), sampler=sampler, num_workers=workers,
+                          persistent_workers=workers > 0)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
                       num_workers=workers, persistent_workers=workers > 0,
                       generator=torch.Generator().manual_seed(seed) if shuffle else None)

@@ -23,11 +23,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from common import paths, torchkit
-from common.training import BestEpoch, History, get_loss, get_optimizer, get_scheduler
+from common import container, paths
+from common.training import (BestEpoch, Checkpoints, History, get_loss, get_optimizer, get_scheduler, restore,
+                             snapshot)
 from landmark_classifier.src import data, model
 from landmark_classifier.src.config import ScratchConfig
 
@@ -51,7 +52,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, op
     """One pass over `loader`; returns the mean training loss and the learning rate of each batch."""
     model.train()
     total, count, rates = 0.0, 0, []
-    bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=len(loader) < BATCH_BAR_MIN)
+    bar = tqdm(loader, desc=desc, unit="batch", leave=False,
+               disable=len(loader) < BATCH_BAR_MIN or not container.current().is_main)
     for images, labels in bar:
         images, labels = images.to(device), labels.to(device)
         optimizer.zero_grad(set_to_none=True)
@@ -97,45 +99,48 @@ def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, device: t
 def fit(model: nn.Module, loaders: tuple[DataLoader, DataLoader], opt: Optimisation, *, device: torch.device,
         checkpoint_dir: Path | None = None, resume: bool = False, desc: str = "epochs", mirror: bool = False) -> History:
     """Train on `loaders` (train, valid) for `opt.epochs` epochs in all (a resumed run does only the
-    remaining ones); `mirror` validates on the mean of the logits for each image and its mirror."""
+    remaining ones); `mirror` validates on the mean of the logits for each image and its mirror.
+
+    In a torchrun process group (`common.container.current()`) the model trains in
+    DistributedDataParallel on the train loader's shard (its `DistributedSampler`, reshuffled every
+    epoch), every rank validates the same model (rank 0's BatchNorm statistics), and only rank 0
+    writes checkpoints; alone (a notebook) it trains as it always did."""
     train_loader, valid_loader = loaders
+    group = container.current()
     model.to(device)
     history, start, best = History(), 0, BestEpoch()
-    last = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
-    best_file = Path(checkpoint_dir) / "best.pt" if checkpoint_dir else None
-    if resume and last is not None and last.exists():
-        state = torch.load(last, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.optimizer.load_state_dict(state["optimizer"])
-        if opt.scheduler is not None and state["scheduler"] is not None:
-            opt.scheduler.load_state_dict(state["scheduler"])
+    checkpoints = Checkpoints(checkpoint_dir, writes=group.is_main)
+    # the loader's shuffling generator: part of the random state a resume restores
+    generators = tuple(g for g in (train_loader.generator,) if g is not None)
+    resumed = checkpoints.load(device) if resume else None
+    if resumed is not None:
+        state, best = resumed
+        restore(state, model, opt.optimizer, opt.scheduler, generators)
         history, start = History(**state["history"]), state["epoch"]
-        # (accuracy, loss, epoch) of the best epoch; a checkpoint from before that rule kept the loss only
-        best = BestEpoch(*state.get("best", (float("-inf"), state.get("best_valid_loss", float("inf")),
-                                             history.best_epoch)))
-        if best_file is not None and best_file.exists():
-            best.state = torch.load(best_file, map_location=device)
-        print(f"resumed from {paths.display(last)} after epoch {start}")
-    epoch_bar = tqdm(range(start, opt.epochs), desc=desc, unit="epoch", initial=start, total=opt.epochs)
+        if group.is_main:
+            print(f"resumed from {paths.display(checkpoints.last)} after epoch {start}")
+    trained = group.wrap(model)
+    epoch_bar = tqdm(range(start, opt.epochs), desc=desc, unit="epoch", initial=start, total=opt.epochs,
+                     disable=not group.is_main)
     for epoch in epoch_bar:
         started = time.perf_counter()
-        train_loss, rates = train_one_epoch(model, train_loader, opt.loss_fn, opt.optimizer, opt.scheduler, device,
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)
+        train_loss, rates = train_one_epoch(trained, train_loader, opt.loss_fn, opt.optimizer, opt.scheduler, device,
                                             desc=f"epoch {epoch + 1}/{opt.epochs}")
+        train_loss = group.mean(train_loss)
+        group.sync_buffers(model)
         valid_loss, valid_acc = evaluate(model, valid_loader, opt.loss_fn, device, mirror=mirror)
         history.train_loss.append(round(train_loss, 5))
         history.valid_loss.append(round(valid_loss, 5))
         history.valid_accuracy.append(round(valid_acc, 5))
         history.lr += rates
         history.epoch_seconds.append(round(time.perf_counter() - started, 2))
-        if best.update(epoch + 1, valid_acc, valid_loss, model):
+        improved = best.update(epoch + 1, valid_acc, valid_loss, model)
+        if improved:
             history.best_epoch = epoch + 1
-            if best_file is not None:
-                torchkit.save(best.state, best_file)
-        if last is not None:
-            torchkit.save({"model": model.state_dict(), "optimizer": opt.optimizer.state_dict(),
-                           "scheduler": opt.scheduler.state_dict() if opt.scheduler is not None else None,
-                           "epoch": epoch + 1, "history": asdict(history),
-                           "best": (best.accuracy, best.loss, best.epoch)}, last)
+        checkpoints.save(snapshot(model, opt.optimizer, opt.scheduler, epoch + 1, asdict(history), generators),
+                         best, improved)
         epoch_bar.set_postfix(train_loss=f"{train_loss:.3f}", valid_loss=f"{valid_loss:.3f}",
                               valid_acc=f"{valid_acc:.3f}")
     best.restore(model)
@@ -178,7 +183,7 @@ def train_scratch(splits: data.Splits, config: ScratchConfig, device: torch.devi
     cnn = cnn.to(memory_format=torch.channels_last)
     train_loader = data.make_loader(*splits.train, data.train_transform(config.image_size, splits.mean, splits.std,
                                                                         trivial_augment=config.trivial_augment),
-                                    batch_size=config.batch_size, shuffle=True, seed=seed)
+                                    batch_size=config.batch_size, shuffle=True, seed=seed, shard=container.current())
     valid_loader = eval_loader(*splits.valid, splits, config)
     optimizer = get_optimizer(cnn, config.optimizer, config.lr, config.weight_decay)
     opt = Optimisation(get_loss(config.label_smoothing), optimizer,
