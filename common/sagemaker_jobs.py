@@ -1,0 +1,406 @@
+"""Training on SageMaker: the one launcher every project uses, on the SageMaker SDK v3's core
+(`sagemaker.core.resources.TrainingJob` and its request shapes; imported lazily, only AWS runs need it).
+
+    settings = SageMakerSettings(role_arn, bucket, Compute("ml.g5.xlarge", instance_count=2, spot=True))
+    trained = train_script(ScriptJob("mnist_classifier", "mnist_classifier.src.sagemaker_entry", "mnist-cnn",
+                                     {"profile": "full"}, {"train": data_dir / "mnist"}), settings, dest)
+    model = sagemaker_entry.load_trained(trained.model_dir)
+
+`train_script` packages the source (`common/` + the project's `src/` + `sagemaker_launch.py`, a generated
+script that runs the entry module, under torchrun when the job has several hosts or processes per host),
+uploads it and the local data folders, starts a job on SageMaker's PyTorch 2.14 training image
+(the newest; this repository pins 2.15 locally, so entry points use nothing 2.15-only), waits, and
+downloads and unpacks model.tar.gz. Spot jobs get `EnableManagedSpotTraining`, a `CheckpointConfig`
+(S3 <-> /opt/ml/checkpoints, which SageMaker restores before a restarted job's entry point runs) and
+`MaxWaitTimeInSeconds`. `start` + `wait` run any job, such as the Scones built-in algorithm's.
+
+Why not the SDK's `ModelTrainer` (package sagemaker-train 1.27.0): it installs beside the pins, but adds 34
+packages and about 170 MB (mlflow 3.17 with its web server stack, databricks-sdk) and downgrades
+cryptography 51.0.1 to 50.0.2 (mlflow pins < 51), for what `TrainingJob.create` plus a 40-line launch
+script do here. Note: SageMaker's own waiter and `TrainingJob.wait()` return on Stopped; `wait` below
+treats Stopped (MaxRuntimeExceeded, MaxWaitTimeExceeded, a stop) as the failure it is for a caller that
+wants a model.
+"""
+from __future__ import annotations
+
+import json
+import tarfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from common import paths
+
+CODE_CHANNEL = "code"
+CODE_DIR = f"/opt/ml/input/data/{CODE_CHANNEL}"  # where SageMaker puts the code channel's files (File mode)
+LAUNCHER = "sagemaker_launch.py"
+CHECKPOINT_LOCAL = "/opt/ml/checkpoints"
+# SageMaker's newest PyTorch training image (its config in sagemaker-core: "pytorch-amzn2023" 2.14; the
+# cpu and cu133 variants, picked by instance type). Its "-sagemaker" flavour is the one for training jobs.
+PYTORCH_FRAMEWORK, PYTORCH_VERSION = "pytorch-amzn2023", "2.14"
+TERMINAL = ("Completed", "Failed", "Stopped")
+NAME_LIMIT = 63  # TrainingJobName: ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}
+
+
+class TrainingJobFailed(RuntimeError):
+    """A training job that ended Failed or Stopped; the message has its FailureReason."""
+
+
+@dataclass(frozen=True)
+class Compute:
+    """What a job runs on. `processes_per_host` 0: one per GPU (1 on a CPU instance). Spot: at most
+    `max_wait_seconds` (default twice `max_run_seconds`) of waiting for capacity plus running."""
+    instance_type: str = "ml.g5.xlarge"
+    instance_count: int = 1
+    processes_per_host: int = 0
+    spot: bool = False
+    max_run_seconds: int = 4 * 3600
+    max_wait_seconds: int = 0
+    volume_gb: int = 30
+
+    def __post_init__(self):
+        if self.instance_count < 1 or self.processes_per_host < 0:
+            raise ValueError(f"instance_count must be >= 1 and processes_per_host >= 0, got {self}")
+        if self.spot and self.max_wait_seconds and self.max_wait_seconds < self.max_run_seconds:
+            raise ValueError(f"max_wait_seconds ({self.max_wait_seconds}) must be at least max_run_seconds "
+                             f"({self.max_run_seconds}): SageMaker counts the run inside the wait")
+
+
+@dataclass(frozen=True)
+class Channel:
+    """An input channel: an S3 prefix SageMaker copies to /opt/ml/input/data/<name>/ (File mode)."""
+    name: str
+    s3_uri: str
+    content_type: str | None = None
+    distribution: str = "FullyReplicated"  # or "ShardedByS3Key": each host gets a share of the objects
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """The container and what it is told: `entrypoint` (ContainerEntrypoint) replaces the image's own."""
+    image_uri: str
+    hyperparameters: Mapping[str, str] = field(default_factory=dict)
+    entrypoint: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainingJobSpec:
+    name: str
+    role_arn: str
+    algorithm: Algorithm
+    channels: tuple[Channel, ...]
+    output_s3: str                      # model.tar.gz goes to <output_s3>/<name>/output/
+    compute: Compute = Compute()
+    checkpoint_s3: str | None = None    # spot: where /opt/ml/checkpoints is kept
+
+
+def job_name(base: str, now: datetime | None = None) -> str:
+    """`base`-YYYYmmdd-HHMMSS-mmm (UTC): a new name per job, as SageMaker names are unique per account."""
+    now = now or datetime.now(timezone.utc)
+    name = f"{base}-{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}"
+    if len(name) > NAME_LIMIT:
+        raise ValueError(f"training job name {name!r} is longer than {NAME_LIMIT} characters: shorten {base!r}")
+    return name
+
+
+def hyperparameter_strings(values: Mapping[str, Any]) -> dict[str, str]:
+    """SageMaker takes hyperparameters as strings: strings as they are, anything else as JSON (3 -> "3",
+    True -> "true", [8, 16] -> "[8, 16]"), which the entry point's contract parses back."""
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
+
+
+def create_arguments(spec: TrainingJobSpec) -> dict[str, Any]:
+    """`TrainingJob.create`'s arguments for `spec`: the SDK's request shapes (it serialises them into
+    CreateTrainingJob's request)."""
+    from sagemaker.core import shapes
+
+    compute = spec.compute
+    algorithm = shapes.AlgorithmSpecification(training_image=spec.algorithm.image_uri, training_input_mode="File",
+                                              **({"container_entrypoint": list(spec.algorithm.entrypoint)}
+                                                 if spec.algorithm.entrypoint else {}))
+    channels = [shapes.Channel(channel_name=c.name, input_mode="File",
+                               data_source=shapes.DataSource(s3_data_source=shapes.S3DataSource(
+                                   s3_data_type="S3Prefix", s3_uri=c.s3_uri, s3_data_distribution_type=c.distribution)),
+                               **({"content_type": c.content_type} if c.content_type else {}))
+                for c in spec.channels]
+    stopping = {"max_runtime_in_seconds": compute.max_run_seconds}
+    arguments: dict[str, Any] = {
+        "training_job_name": spec.name, "role_arn": spec.role_arn, "algorithm_specification": algorithm,
+        "input_data_config": channels, "hyper_parameters": dict(spec.algorithm.hyperparameters),
+        "output_data_config": shapes.OutputDataConfig(s3_output_path=spec.output_s3),
+        "resource_config": shapes.ResourceConfig(instance_type=compute.instance_type,
+                                                 instance_count=compute.instance_count,
+                                                 volume_size_in_gb=compute.volume_gb),
+    }
+    if compute.spot:
+        stopping["max_wait_time_in_seconds"] = compute.max_wait_seconds or 2 * compute.max_run_seconds
+        arguments["enable_managed_spot_training"] = True
+    if spec.checkpoint_s3:
+        arguments["checkpoint_config"] = shapes.CheckpointConfig(s3_uri=spec.checkpoint_s3, local_path=CHECKPOINT_LOCAL)
+    arguments["stopping_condition"] = shapes.StoppingCondition(**stopping)
+    return arguments
+
+
+def start(spec: TrainingJobSpec, session: Any) -> Any:
+    """Create the job (CreateTrainingJob); returns the SDK's `TrainingJob`."""
+    from sagemaker.core.resources import TrainingJob
+
+    return TrainingJob.create(**create_arguments(spec), session=session, region=session.region_name)
+
+
+def _value(attribute: Any, default: Any = None) -> Any:
+    """The SDK marks fields a response lacks as `Unassigned`; those read as `default`."""
+    from sagemaker.core.utils.utils import Unassigned
+
+    return default if attribute is None or isinstance(attribute, Unassigned) else attribute
+
+
+def failure_message(job: Any) -> str:
+    status, secondary = job.training_job_status, _value(job.secondary_status, "")
+    reason = _value(job.failure_reason) or "no FailureReason given"
+    return f"training job {job.training_job_name} ended {status} ({secondary}): {reason}"
+
+
+def wait(name: str, session: Any, *, poll_seconds: float = 30, log: Callable[[str], None] = print) -> Any:
+    """Poll DescribeTrainingJob until the job ends, logging each new (status, secondary status): Starting,
+    Downloading, Training, Interrupted (a spot reclaim: the job restarts from its checkpoints), Uploading.
+    Returns the Completed `TrainingJob`; Failed or Stopped raises TrainingJobFailed with the reason."""
+    from sagemaker.core.resources import TrainingJob
+
+    job = TrainingJob.get(training_job_name=name, session=session, region=session.region_name)
+    seen = None
+    while True:
+        state = (job.training_job_status, _value(job.secondary_status, ""))
+        if state != seen:
+            log(f"{name}: {state[0]} ({state[1]})" if state[1] else f"{name}: {state[0]}")
+            seen = state
+        if state[0] == "Completed":
+            return job
+        if state[0] in TERMINAL:
+            raise TrainingJobFailed(failure_message(job))
+        time.sleep(poll_seconds)
+        job.refresh()
+
+
+def timings(job: Any) -> dict[str, Any]:
+    """What the job cost in time: TrainingTimeInSeconds (on the instances), BillableTimeInSeconds (what is
+    paid: less than the training time on spot) and the spot saving that follows."""
+    training, billable = _value(job.training_time_in_seconds), _value(job.billable_time_in_seconds)
+    result = {"training_job": job.training_job_name, "training_seconds": training, "billable_seconds": billable,
+              "instance_type": job.resource_config.instance_type,
+              "instance_count": job.resource_config.instance_count,
+              "spot": bool(_value(job.enable_managed_spot_training, False))}
+    if result["spot"] and training and billable is not None:
+        result["spot_saving"] = round(1 - billable / training, 4)
+    return result
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://") or "/" not in uri[5:]:
+        raise ValueError(f"expected s3://bucket/key, got {uri!r}")
+    bucket, key = uri[5:].split("/", 1)
+    return bucket, key
+
+
+def download_model(job: Any, dest: Path, session: Any) -> Path:
+    """Download the job's model.tar.gz and unpack it into `dest` (emptied first): the folder the entry
+    point filled as /opt/ml/model. The archive's members may not leave `dest` (tarfile's data filter)."""
+    import shutil
+
+    uri = _value(_value(job.model_artifacts) and job.model_artifacts.s3_model_artifacts)
+    if not uri:
+        raise TrainingJobFailed(f"training job {job.training_job_name} names no model artefact")
+    dest = Path(dest)
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    archive = dest.with_name(f".{dest.name}.model.tar.gz")
+    bucket, key = split_s3(uri)
+    try:
+        session.client("s3").download_file(bucket, key, str(archive))
+        with tarfile.open(archive) as tar:
+            tar.extractall(dest, filter="data")
+    finally:
+        archive.unlink(missing_ok=True)
+    return dest
+
+
+# ------------------------------------------------------------------ the PyTorch script job
+
+
+@dataclass(frozen=True)
+class SageMakerSettings:
+    """The notebook's SageMaker parameters: the role the job runs as, your bucket, the compute."""
+    role_arn: str
+    bucket: str
+    compute: Compute = Compute()
+    prefix: str = "ml-portfolio"  # every key this launcher writes is under s3://<bucket>/<prefix>/
+    region: str | None = None     # None: boto3's default (AWS_REGION, ~/.aws/config; Studio sets it)
+
+    def __post_init__(self):
+        if not self.role_arn or not self.bucket:
+            raise ValueError("training on SageMaker needs SAGEMAKER_ROLE (the execution role's ARN) and "
+                             "SAGEMAKER_BUCKET (your bucket): set them in the notebook's parameters cell")
+
+
+@dataclass(frozen=True)
+class ScriptJob:
+    """An entry point to run: `module` of `project` (runnable as `python -m module`), its hyperparameters
+    and its input channels (a local folder, uploaded to the bucket first, or an s3:// prefix)."""
+    project: str
+    module: str
+    base_name: str
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    inputs: Mapping[str, str | Path] = field(default_factory=dict)
+    requirements: tuple[str, ...] = ()  # pip requirements the image lacks, installed before the entry point
+    root: Path = paths.REPO_ROOT        # the repository the project and common/ are packaged from
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    job_name: str
+    model_dir: Path   # model.tar.gz unpacked: what the entry point wrote to /opt/ml/model
+    timings: dict
+
+
+LAUNCH_SCRIPT = '''"""What the SageMaker training job runs (written by common.sagemaker_jobs): the entry point
+{module} with this folder on sys.path, under torchrun when the job has several hosts or processes per host."""
+import importlib.util
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MODULE = {module!r}
+PROCESSES_PER_HOST = {processes}  # 0: one per GPU, 1 on a CPU instance
+MASTER_PORT = "29500"
+
+
+def main():
+    sys.path.insert(0, str(HERE))
+    requirements = HERE / "requirements.txt"
+    if requirements.exists() and "LOCAL_RANK" not in os.environ:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-r", str(requirements)], check=True)
+    from common.container import Contract, failures_reported
+
+    contract = Contract.from_env()
+    processes = PROCESSES_PER_HOST
+    if not processes:
+        import torch
+        processes = max(torch.cuda.device_count(), 1)
+    if "LOCAL_RANK" in os.environ or contract.host_count * processes == 1:
+        print(f"running {{MODULE}} from {{importlib.util.find_spec(MODULE).origin}}", flush=True)
+        with failures_reported(contract):
+            runpy.run_module(MODULE, run_name="__main__", alter_sys=True)
+        return
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={{contract.host_count}}",
+               f"--nproc_per_node={{processes}}", f"--node_rank={{contract.hosts.index(contract.current_host)}}",
+               f"--master_addr={{contract.hosts[0]}}", f"--master_port={{MASTER_PORT}}", str(HERE / {launcher!r})]
+    print("starting", " ".join(command), flush=True)
+    sys.exit(subprocess.call(command))
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def _source_files(root: Path, project: str) -> list[Path]:
+    skip = ("__pycache__", ".ipynb_checkpoints")
+    files = [root / project / "__init__.py"]
+    for folder in (root / "common", root / project / "src"):
+        files += [p for p in sorted(folder.rglob("*")) if p.is_file() and not any(s in p.parts for s in skip)
+                  and p.suffix != ".pyc"]
+    return files
+
+
+def package_source(job: ScriptJob, dest: Path, compute: Compute = Compute()) -> Path:
+    """The code channel's folder: common/, <project>/src/ and the launch script (plus requirements.txt)."""
+    import shutil
+
+    dest = Path(dest)
+    shutil.rmtree(dest, ignore_errors=True)
+    for file in _source_files(job.root, job.project):
+        target = dest / file.relative_to(job.root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(file, target)
+    (dest / LAUNCHER).write_text(LAUNCH_SCRIPT.format(module=job.module, processes=compute.processes_per_host,
+                                                      launcher=LAUNCHER))
+    if job.requirements:
+        (dest / "requirements.txt").write_text("\n".join(job.requirements) + "\n")
+    return dest
+
+
+def upload_folder(s3: Any, local: Path, uri: str, log: Callable[[str], None] = print) -> str:
+    """Upload `local`'s files under `uri`, skipping those already there with the same size (a dataset is
+    uploaded once, not per job). Returns `uri` with a trailing slash."""
+    local, uri = Path(local), uri.rstrip("/") + "/"
+    if not local.is_dir():
+        raise FileNotFoundError(f"input folder not found: {local}")
+    bucket, prefix = split_s3(uri)
+    there = {o["Key"]: o["Size"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+             for o in page.get("Contents", [])}
+    files = [p for p in sorted(local.rglob("*")) if p.is_file()]
+    new = [p for p in files if there.get(prefix + p.relative_to(local).as_posix()) != p.stat().st_size]
+    if new:
+        log(f"uploading {len(new)} of {len(files)} files of {paths.display(local)} to {uri}")
+    for p in new:
+        s3.upload_file(str(p), bucket, prefix + p.relative_to(local).as_posix())
+    return uri
+
+
+def pytorch_image(region: str, instance_type: str) -> str:
+    from sagemaker.core import image_uris
+
+    return image_uris.retrieve(PYTORCH_FRAMEWORK, region, version=PYTORCH_VERSION, instance_type=instance_type,
+                               image_scope="training")
+
+
+def script_job_spec(job: ScriptJob, settings: SageMakerSettings, name: str, region: str) -> TrainingJobSpec:
+    """The request for `job` (its inputs already in S3 as `settings`' prefix lays them out)."""
+    root = f"s3://{settings.bucket}/{settings.prefix}"
+    channels = [Channel(CODE_CHANNEL, f"{root}/jobs/{name}/code/")]
+    channels += [Channel(n, str(v) if str(v).startswith("s3://") else f"{root}/data/{job.project}/{n}/")
+                 for n, v in job.inputs.items()]
+    compute = settings.compute
+    return TrainingJobSpec(
+        name=name, role_arn=settings.role_arn,
+        algorithm=Algorithm(pytorch_image(region, compute.instance_type), hyperparameter_strings(job.hyperparameters),
+                            entrypoint=("python3", f"{CODE_DIR}/{LAUNCHER}")),
+        channels=tuple(channels), output_s3=f"{root}/jobs", compute=compute,
+        checkpoint_s3=f"{root}/jobs/{name}/checkpoints/" if compute.spot else None)
+
+
+def submit_script(job: ScriptJob, settings: SageMakerSettings, work_dir: Path, *, session: Any,
+                  log: Callable[[str], None] = print) -> str:
+    """Package and upload the source and inputs, start the job; returns its name."""
+    name = job_name(job.base_name)
+    spec = script_job_spec(job, settings, name, session.region_name)
+    s3 = session.client("s3")
+    upload_folder(s3, package_source(job, Path(work_dir) / name / "code", settings.compute), spec.channels[0].s3_uri,
+                  log=lambda _: None)
+    for channel in spec.channels[1:]:
+        local = job.inputs[channel.name]
+        if not str(local).startswith("s3://"):
+            upload_folder(s3, Path(local), channel.s3_uri, log=log)
+    start(spec, session)
+    log(f"started training job {name} on {settings.compute.instance_count} x {settings.compute.instance_type}"
+        f"{' (spot)' if settings.compute.spot else ''}: https://console.aws.amazon.com/sagemaker/home?region="
+        f"{session.region_name}#/jobs/{name}")
+    return name
+
+
+def train_script(job: ScriptJob, settings: SageMakerSettings, work_dir: Path, *, session: Any = None,
+                 poll_seconds: float = 30, log: Callable[[str], None] = print) -> TrainedModel:
+    """Run `job` on SageMaker to the end and unpack its model under `work_dir`/<job name>/model."""
+    import boto3
+
+    session = session or boto3.Session(region_name=settings.region)
+    name = submit_script(job, settings, work_dir, session=session, log=log)
+    done = wait(name, session, poll_seconds=poll_seconds, log=log)
+    model_dir = download_model(done, Path(work_dir) / name / "model", session)
+    return TrainedModel(name, model_dir, timings(done))
