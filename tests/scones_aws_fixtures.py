@@ -1,4 +1,5 @@
-"""Fixtures for the AWS-path tests: moto with the one SageMaker call it lacks, and a tiny ONNX model."""
+"""Fixtures for the AWS-path tests: moto with the calls it lacks (SageMaker UpdateEndpoint, Service Quotas
+ListServiceQuotas), the container image pushed to moto's ECR, and a tiny ONNX model."""
 from __future__ import annotations
 
 import json
@@ -7,8 +8,10 @@ from pathlib import Path
 import boto3
 import pytest
 from moto import mock_aws
+from moto.cloudformation.parsing import ResourceMap
 from moto.core.responses import ActionResult
 from moto.sagemaker.responses import SageMakerResponse
+from moto.servicequotas.responses import ServiceQuotasResponse
 
 ROLE = "arn:aws:iam::123456789012:role/sagemaker"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/scones-server:1"
@@ -32,10 +35,49 @@ def _update_endpoint(self: SageMakerResponse) -> ActionResult:
 UPDATES: list[tuple[str, str]] = []
 
 
+def _list_service_quotas(self: ServiceQuotasResponse) -> str:
+    """ListServiceQuotas (moto 5.2 lacks it): an account whose applied quotas list none of SageMaker's
+    instance quotas, so the quota preflight has nothing to refuse (tests of the refusal use a Stubber)."""
+    return json.dumps({"Quotas": []})
+
+
+_moto_delete = ResourceMap.delete
+
+
+def _delete_stack_resources(self: ResourceMap) -> None:
+    """A stack delete as AWS does it for RetainExceptOnCreate ("behaves like Retain for stack operations, except for
+    the stack operation that initially created the resource", DeletionPolicy attribute): moto 5.2 knows only Retain.
+    The rollback of a failed create (where the resource is deleted) is not modelled: test_scones_template pins it."""
+    for resource in self._resource_json_map.values():
+        if resource.get("DeletionPolicy") == "RetainExceptOnCreate":
+            resource["DeletionPolicy"] = "Retain"
+    _moto_delete(self)
+
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def push_image(session, media_type: str = DOCKER_MANIFEST, uri: str = None) -> str:
+    """IMAGE pushed to moto's ECR with a manifest of `media_type` (what `docker push` leaves there)."""
+    uri = uri or IMAGE
+    repository, tag = uri.split("/", 1)[1].split(":")
+    ecr = session.client("ecr")
+    if repository not in [r["repositoryName"] for r in ecr.describe_repositories()["repositories"]]:
+        ecr.create_repository(repositoryName=repository)
+    manifest = {"schemaVersion": 2, "mediaType": media_type, "config": {
+        "mediaType": "application/vnd.docker.container.image.v1+json", "size": 2, "digest": "sha256:" + "0" * 64},
+        "layers": []}
+    ecr.put_image(repositoryName=repository, imageManifest=json.dumps(manifest), imageTag=tag,
+                  imageManifestMediaType=media_type)
+    return uri
+
+
 @pytest.fixture()
 def aws_session(monkeypatch):
     """A boto3 Session on moto (S3, SageMaker with update_endpoint, CloudFormation, Lambda without Docker)."""
     monkeypatch.setattr(SageMakerResponse, "update_endpoint", _update_endpoint, raising=False)
+    monkeypatch.setattr(ServiceQuotasResponse, "list_service_quotas", _list_service_quotas, raising=False)
+    monkeypatch.setattr(ResourceMap, "delete", _delete_stack_resources)
     UPDATES.clear()
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(name, "testing")
@@ -43,6 +85,7 @@ def aws_session(monkeypatch):
     with mock_aws(config={"lambda": {"use_docker": False}}):
         session = boto3.Session(region_name=REGION)
         session.client("s3").create_bucket(Bucket="my-bucket")
+        push_image(session)
         yield session
 
 

@@ -54,17 +54,18 @@ def container_config(onnx_model: Path, tmp_path: Path, **overrides) -> DeployCon
 def test_training_request_follows_the_algorithms_documented_rules():
     spec = training_job.TrainingSpec("job-1", ROLE, "s3://b/scones/data", "s3://b/models", num_training_samples=1000)
     uri = training_job.image_classification_uri("us-east-1")
-    request = training_job.training_job_request(spec, uri)
+    request = training_job.training_job_spec(spec, uri)
     assert uri == "811284229777.dkr.ecr.us-east-1.amazonaws.com/image-classification:1"
-    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in request["InputDataConfig"]}
+    channels = {c.name: c.s3_uri for c in request.channels}
+    assert {c.content_type for c in request.channels} == {"application/x-image"}
     assert channels == {"train": "s3://b/scones/data/train/", "validation": "s3://b/scones/data/test/",
                         "train_lst": "s3://b/scones/data/train.lst", "validation_lst": "s3://b/scones/data/test.lst"}
-    hp = request["HyperParameters"]
+    hp = request.algorithm.hyperparameters
     # pretrained: 224 x 224 only, resize set and larger, num_layers one the pretrained ResNets have
     assert hp["use_pretrained_model"] == "1" and hp["image_shape"] == "3,224,224"
     assert int(hp["resize"]) > 224 and int(hp["num_layers"]) in {18, 34, 50, 101, 152, 200}
     assert hp["num_classes"] == str(len(constants.CLASS_NAMES))
-    scratch = training_job.training_job_request(dataclasses.replace(spec, mode="scratch"), uri)["HyperParameters"]
+    scratch = training_job.training_job_spec(dataclasses.replace(spec, mode="scratch"), uri).algorithm.hyperparameters
     assert scratch["use_pretrained_model"] == "0" and scratch["image_shape"] == "3,32,32" and scratch["resize"] == "32"
 
 
@@ -82,11 +83,20 @@ def test_hyperparameters_that_break_the_documentation_are_refused(hp, rule):
 
 
 def test_training_job_is_created_in_moto_with_a_timestamped_name(aws_session):
+    """Through the one launcher (common.sagemaker_jobs); the request it sends meets the service model."""
+    from sagemaker.core.utils.utils import SageMakerClient
+
+    from tests.service_model_check import Recorder, request_problems
+
     sm = aws_session.client("sagemaker")
+    recorder = Recorder(SageMakerClient(session=aws_session, region_name=REGION).sagemaker_client)
     stamp = timestamp(dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.timezone.utc))
     assert stamp == "20260102-030405-678"
     spec = training_job.TrainingSpec(versioned_name("scones-endpoint", stamp), ROLE, "s3://b/d", "s3://b/m", 1000)
-    assert training_job.train(sm, spec, training_job.image_classification_uri(REGION), poll_seconds=0).startswith("s3://b/m")
+    uri = training_job.train(aws_session, spec, training_job.image_classification_uri(REGION), poll_seconds=0,
+                             log=lambda _: None)
+    assert uri == "s3://b/m/scones-endpoint-20260102-030405-678/output/model.tar.gz"
+    assert request_problems("sagemaker", "CreateTrainingJob", recorder.params("CreateTrainingJob")) == []
     assert sm.describe_training_job(TrainingJobName="scones-endpoint-20260102-030405-678")["HyperParameters"][
         "image_shape"] == "3,224,224"
     with pytest.raises(ValueError, match="longer than 63"):
@@ -312,32 +322,90 @@ def test_builtin_algorithm_deploy_trains_a_new_job_each_time_and_the_notebook_us
     assert len(UPDATES) == 1  # the notebook's run switched the same endpoint
 
 
+def _endpoint(status: str, config: str = "old", reason: str | None = None) -> dict:
+    """DescribeEndpoint's documented response shape."""
+    endpoint = {"EndpointName": "scones-endpoint", "EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/scones-endpoint",
+                "EndpointConfigName": config, "EndpointStatus": status, "CreationTime": dt.datetime(2026, 1, 1),
+                "LastModifiedTime": dt.datetime(2026, 1, 1)}
+    return {**endpoint, **({"FailureReason": reason} if reason else {})}
+
+
+NAME = {"EndpointName": "scones-endpoint"}
+
+
 def test_a_failed_endpoint_is_replaced_and_a_busy_one_is_awaited_before_the_update():
     """SageMaker cannot update an endpoint in Failed (delete, then create) nor one still Creating/Updating."""
     sm = boto3.client("sagemaker", region_name=REGION)
-
-    def endpoint(status: str) -> dict:
-        return {"EndpointName": "scones-endpoint", "EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/x",
-                "EndpointConfigName": "old", "EndpointStatus": status, "CreationTime": dt.datetime(2026, 1, 1),
-                "LastModifiedTime": dt.datetime(2026, 1, 1)}
-
     gone = ("ValidationException", "Could not find endpoint \"scones-endpoint\".")
     with Stubber(sm) as stub:
-        stub.add_response("describe_endpoint", endpoint("Failed"), {"EndpointName": "scones-endpoint"})
-        stub.add_response("delete_endpoint", {}, {"EndpointName": "scones-endpoint"})
+        stub.add_response("describe_endpoint", _endpoint("Failed"), NAME)
+        stub.add_response("delete_endpoint", {}, NAME)
         stub.add_client_error("describe_endpoint", *gone)  # the endpoint_deleted waiter
         stub.add_response("create_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/x"},
                           {"EndpointName": "scones-endpoint", "EndpointConfigName": "new"})
-        stub.add_response("describe_endpoint", endpoint("InService"), {"EndpointName": "scones-endpoint"})
+        stub.add_response("describe_endpoint", _endpoint("InService", "new"), NAME)  # the waiter
+        stub.add_response("describe_endpoint", _endpoint("InService", "new"), NAME)  # serving the new config?
         assert switch_endpoint(sm, name="scones-endpoint", config_name="new") == "recreated"
 
-        stub.add_response("describe_endpoint", endpoint("Updating"), {"EndpointName": "scones-endpoint"})
-        stub.add_response("describe_endpoint", endpoint("InService"), {"EndpointName": "scones-endpoint"})
+        stub.add_response("describe_endpoint", _endpoint("Updating", "new"), NAME)
+        stub.add_response("describe_endpoint", _endpoint("InService", "new"), NAME)
+        stub.add_response("describe_endpoint", _endpoint("InService", "new"), NAME)
         stub.add_response("update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/x"},
                           {"EndpointName": "scones-endpoint", "EndpointConfigName": "newer"})
-        stub.add_response("describe_endpoint", endpoint("InService"), {"EndpointName": "scones-endpoint"})
+        stub.add_response("describe_endpoint", _endpoint("InService", "newer"), NAME)
+        stub.add_response("describe_endpoint", _endpoint("InService", "newer"), NAME)
         assert switch_endpoint(sm, name="scones-endpoint", config_name="newer") == "updated"
         stub.assert_no_pending_responses()
+
+
+def test_a_rolled_back_update_is_an_error_naming_sagemakers_reason():
+    """Defect 2. When an UpdateEndpoint fails, SageMaker rolls back: the endpoint is InService again on the old
+    config with FailureReason set ("the status is InService but update operation fails", DescribeEndpoint), and
+    the endpoint_in_service waiter counts that as success. Before the fix, switch_endpoint said "updated"."""
+    sm = boto3.client("sagemaker", region_name=REGION)
+    reason = "The primary container for production variant AllTraffic did not pass the ping health check."
+    with Stubber(sm) as stub:
+        stub.add_response("describe_endpoint", _endpoint("InService", "old"), NAME)
+        stub.add_response("update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/x"},
+                          {"EndpointName": "scones-endpoint", "EndpointConfigName": "new"})
+        stub.add_response("describe_endpoint", _endpoint("InService", "old", reason), NAME)  # the waiter: success
+        stub.add_response("describe_endpoint", _endpoint("InService", "old", reason), NAME)
+        with pytest.raises(RuntimeError, match="update to new failed and SageMaker rolled back; it still serves old: "
+                                               "The primary container .* ping health check"):
+            switch_endpoint(sm, name="scones-endpoint", config_name="new")
+        stub.assert_no_pending_responses()
+
+
+def test_a_failed_endpoint_is_one_line_with_sagemakers_reason_not_a_traceback(aws_session, onnx_model, tmp_path,
+                                                                                capsys, monkeypatch):
+    """Defect 3. A new endpoint that goes Failed (bad /ping, no quota): the waiter raises WaiterError; the CLI
+    prints SageMaker's FailureReason and exits 2 instead of a traceback."""
+    sm = boto3.client("sagemaker", region_name=REGION)
+    reason = "Failed to launch: ResourceLimitExceeded for ml.m5.xlarge for endpoint usage"
+    with Stubber(sm) as stub:
+        stub.add_client_error("describe_endpoint", "ValidationException", 'Could not find endpoint "scones-endpoint".')
+        stub.add_response("create_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/x"},
+                          {"EndpointName": "scones-endpoint", "EndpointConfigName": "new"})
+        stub.add_response("describe_endpoint", _endpoint("Failed", "new", reason), NAME)  # the waiter: failure state
+        stub.add_response("describe_endpoint", _endpoint("Failed", "new", reason), NAME)
+        with pytest.raises(RuntimeError, match=f"endpoint scones-endpoint is Failed: {reason}"):
+            switch_endpoint(sm, name="scones-endpoint", config_name="new")
+        stub.assert_no_pending_responses()
+
+    # through the CLI, on moto with the endpoint's description answering Failed
+    from moto.sagemaker.models import FakeEndpoint
+
+    original = FakeEndpoint.response_object.fget
+
+    def failed(self):
+        return {**original(self), "EndpointStatus": "Failed", "FailureReason": reason}
+    monkeypatch.setattr(FakeEndpoint, "response_object", property(failed))
+    argv = ["deploy", "--region", REGION, "--role-arn", ROLE, "--bucket", "my-bucket", "--container", IMAGE,
+            "--model", str(onnx_model)]
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: endpoint scones-endpoint is Failed: " + reason) and "Traceback" not in err
 
 
 def test_cli_names_what_the_user_must_fix(aws_session, onnx_model, capsys, tmp_path):
@@ -497,8 +565,8 @@ def test_delete_failed_stack_is_reported_with_the_reason_not_raised(aws_session,
     event = {"StackId": STACK_ID, "EventId": "1", "StackName": "scones-workflow", "Timestamp": dt.datetime(2026, 1, 2),
              "LogicalResourceId": "CaptureBucket", "ResourceType": "AWS::S3::Bucket",
              "ResourceStatus": "DELETE_FAILED", "ResourceStatusReason": reason}
-    stub.add_response("describe_stack_resources", resources, {"StackName": "scones-workflow"})
     stub.add_response("describe_stacks", _stack("CREATE_COMPLETE"), {"StackName": "scones-workflow"})
+    stub.add_response("describe_stack_resources", resources, {"StackName": "scones-workflow"})
     stub.add_response("delete_stack", {}, {"StackName": "scones-workflow"})
     stub.add_response("describe_stacks", _stack("DELETE_FAILED"), {"StackName": "scones-workflow"})  # the waiter
     stub.add_response("describe_stacks", _stack("DELETE_FAILED"), {"StackName": "scones-workflow"})
@@ -516,8 +584,8 @@ def test_delete_failed_stack_is_reported_with_the_reason_not_raised(aws_session,
     monkeypatch.setattr(boto3, "Session", lambda **_: type("S", (), {"client": lambda self, n: {
         "cloudformation": cfn}.get(n) or aws_session.client(n)})())
     with Stubber(cfn) as again:  # the CLI exits non-zero on a failed teardown
-        again.add_response("describe_stack_resources", resources, {"StackName": "scones-workflow"})
         again.add_response("describe_stacks", _stack("DELETE_FAILED"), {"StackName": "scones-workflow"})
+        again.add_response("describe_stack_resources", resources, {"StackName": "scones-workflow"})
         again.add_response("delete_stack", {}, {"StackName": "scones-workflow"})
         again.add_response("describe_stacks", _stack("DELETE_FAILED"), {"StackName": "scones-workflow"})
         again.add_response("describe_stacks", _stack("DELETE_FAILED"), {"StackName": "scones-workflow"})

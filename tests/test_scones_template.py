@@ -69,9 +69,14 @@ def test_template_as_deployed_passes_cfn_lint():
 
 
 def test_buckets_survive_stack_deletion_and_replacement_and_keep_versions(template):
+    """Defect 8: with Retain, every failed first create left both buckets behind (and deploy's re-create of the
+    ROLLBACK_COMPLETE stack made two more). RetainExceptOnCreate keeps them on stack delete and replacement but
+    deletes them when the create that made them rolls back (DeletionPolicy attribute, CloudFormation docs)."""
     for name in ("DataBucket", "CaptureBucket"):
         bucket = template["Resources"][name]
-        assert bucket["DeletionPolicy"] == "Retain" and bucket["UpdateReplacePolicy"] == "Retain"
+        assert bucket["DeletionPolicy"] == "RetainExceptOnCreate" and bucket["UpdateReplacePolicy"] == "Retain"
+        tags = {t["Key"]: _plain(t["Value"]) for t in bucket["Properties"]["Tags"]}
+        assert tags == {"scones-workflow:stack-name": {"Ref": "AWS::StackName"}}  # how teardown knows them later
         properties = bucket["Properties"]
         assert properties["VersioningConfiguration"]["Status"] == "Enabled"
         assert properties["BucketEncryption"]["ServerSideEncryptionConfiguration"]
