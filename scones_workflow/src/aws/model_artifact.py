@@ -63,4 +63,9 @@ def model_artifact(sm: Any, s3: Any, config: DeployConfig, stamp: str, staged: A
                         data_s3=data_s3, output_s3=f"s3://{config.bucket}/scones/models",
                         num_training_samples=len(staged.train), epochs=config.epochs,
                         instance_type=config.training_instance_type, mode=config.training_mode)
-    return image_uri, train(sm, spec, image_uri), spec.job_name
+    # The launcher drives the SDK's TrainingJob, which takes a boto3 Session: the deploy's clients come from
+    # one made by the default credential chain in this region (the CLI's and the notebook's), so is this.
+    import boto3
+
+    session = boto3.Session(region_name=region)
+    return image_uri, train(session, spec, image_uri), spec.job_name

@@ -1,10 +1,13 @@
 """The model from SageMaker's built-in image-classification algorithm (the seed's setup): a training job on
-the `.lst` + PNG channels, its hyperparameters checked against the algorithm's documented rules."""
+the `.lst` + PNG channels, its hyperparameters checked against the algorithm's documented rules, run by
+the portfolio's one launcher (common.sagemaker_jobs: create, wait, Stopped and Failed with their reason)."""
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from common.sagemaker_jobs import Algorithm, Channel, Compute, TrainingJobSpec, start, wait
 
 from ..lambdas.constants import CLASS_NAMES
 
@@ -69,40 +72,25 @@ class TrainingSpec:
     mode: str = "pretrained"  # or "scratch": see HYPERPARAMETERS
 
 
-def training_job_request(spec: TrainingSpec, image_uri: str) -> dict:
-    """create_training_job arguments for the built-in classifier on the .lst + image layout (the seed's setup)."""
-    def channel(name: str, suffix: str, content_type: str) -> dict:
-        return {"ChannelName": name, "ContentType": content_type, "InputMode": "File",
-                "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
-                                                "S3Uri": f"{spec.data_s3.rstrip('/')}/{suffix}",
-                                                "S3DataDistributionType": "FullyReplicated"}}}
+def training_job_spec(spec: TrainingSpec, image_uri: str) -> TrainingJobSpec:
+    """The built-in classifier's job on the .lst + image layout (the seed's setup), for the one launcher."""
+    def channel(name: str, suffix: str) -> Channel:
+        return Channel(name, f"{spec.data_s3.rstrip('/')}/{suffix}", content_type="application/x-image")
     hyperparameters = {**HYPERPARAMETERS[spec.mode], "num_classes": str(len(CLASS_NAMES)),
                        "num_training_samples": str(spec.num_training_samples), "epochs": str(spec.epochs),
                        "mini_batch_size": "32", "learning_rate": "0.001", "augmentation_type": "crop_color"}
     check_hyperparameters(hyperparameters)
-    return {
-        "TrainingJobName": spec.job_name,
-        "AlgorithmSpecification": {"TrainingImage": image_uri, "TrainingInputMode": "File"},
-        "RoleArn": spec.role_arn,
-        "InputDataConfig": [channel("train", "train/", "application/x-image"),
-                            channel("validation", "test/", "application/x-image"),
-                            channel("train_lst", "train.lst", "application/x-image"),
-                            channel("validation_lst", "test.lst", "application/x-image")],
-        "OutputDataConfig": {"S3OutputPath": spec.output_s3},
-        "ResourceConfig": {"InstanceType": spec.instance_type, "InstanceCount": 1, "VolumeSizeInGB": 30},
-        "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
-        "HyperParameters": hyperparameters,
-    }
+    return TrainingJobSpec(
+        name=spec.job_name, role_arn=spec.role_arn, algorithm=Algorithm(image_uri, hyperparameters),
+        channels=(channel("train", "train/"), channel("validation", "test/"),
+                  channel("train_lst", "train.lst"), channel("validation_lst", "test.lst")),
+        output_s3=spec.output_s3, compute=Compute(spec.instance_type, max_run_seconds=3600, volume_gb=30))
 
 
-def train(sm: Any, spec: TrainingSpec, image_uri: str, *, poll_seconds: float = 30) -> str:
-    """Run the training job to completion; returns the model artefact URI (RuntimeError on failure)."""
-    sm.create_training_job(**training_job_request(spec, image_uri))
-    while True:
-        job = sm.describe_training_job(TrainingJobName=spec.job_name)
-        status = job["TrainingJobStatus"]
-        if status == "Completed":
-            return job["ModelArtifacts"]["S3ModelArtifacts"]
-        if status in ("Failed", "Stopped"):
-            raise RuntimeError(f"training job {spec.job_name} {status}: {job.get('FailureReason', 'no reason given')}")
-        time.sleep(poll_seconds)
+def train(session: Any, spec: TrainingSpec, image_uri: str, *, poll_seconds: float = 30,
+          log: Callable[[str], None] = print) -> str:
+    """Run the training job to completion; returns the model artefact URI (TrainingJobFailed, with the job's
+    FailureReason, when it ends Failed or Stopped)."""
+    start(training_job_spec(spec, image_uri), session)
+    job = wait(spec.job_name, session, poll_seconds=poll_seconds, log=log)
+    return job.model_artifacts.s3_model_artifacts
