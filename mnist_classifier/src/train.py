@@ -14,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from common import container, paths, training
+from common.torchkit import Cost
 from mnist_classifier.src.data import MEAN, STD, MnistData, Split, batches
 
 BACKGROUND = (0 - MEAN) / STD  # a black pixel after normalisation
@@ -44,6 +45,15 @@ class History(training.History):
     def as_dict(self) -> dict[str, list[float]]:
         return {"train_loss": self.train_loss, "valid_loss": self.valid_loss,
                 "train_accuracy": self.train_accuracy, "valid_accuracy": self.valid_accuracy}
+
+
+@dataclass
+class Trained:
+    """A model trained elsewhere (a training job, `sagemaker_entry.load_trained`): its weights, history
+    and what its training cost, for `results.train_and_report(..., trained=...)`."""
+    model: nn.Module
+    history: History
+    cost: Cost
 
 
 @dataclass
