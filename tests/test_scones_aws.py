@@ -661,3 +661,152 @@ def test_run_executions_reports_each_execution_as_the_local_backend_does():
         "SUCCEEDED", constants.CLASS_NAMES[1], 0.97, "Challenger")
     assert good["latency_ms"] == 850.0 and good["error"] is None
     assert (bad["status"], bad["error"], bad["predicted_label"]) == ("FAILED", "NotAnImage", None)
+
+
+# ---------------------------------------------------------------------------- issue 25: what moto hides
+def _recorder(*sessions):
+    """Every operation the given boto3 sessions' clients make, in order: [(IAM prefix, operation, params)]
+    (botocore's before-call event; clients copy their session's handlers when they are made)."""
+    calls = []
+
+    def record(model, params, **_):
+        calls.append((model.service_model.signing_name, model.name, params))
+    for session in sessions:
+        session.events.register("before-call", record)
+    return calls
+
+
+def test_teardown_deletes_only_its_own_stacks_buckets(aws_session, onnx_model, tmp_path):
+    """Defect 1. ListBuckets returns every bucket of the account, in every region; teardown --delete-data took
+    each one named `<stack>-databucket-*` / `<stack>-capturebucket-*`. Now: the stack's own resources while it
+    exists; once it is gone, this region's buckets (BucketRegion) that carry the stack's tag."""
+    import boto3 as boto
+
+    elsewhere = boto.Session(region_name="eu-west-1").client("s3")
+    others = ["scones-workflow-databucket-otherregion1", "scones-workflow-capturebucket-otherregion2"]
+    for name in others:  # another region's stack of the same name, tagged as the template tags them
+        elsewhere.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        elsewhere.put_bucket_tagging(Bucket=name, Tagging={"TagSet": [
+            {"Key": "scones-workflow:stack-name", "Value": "scones-workflow"}]})
+    s3 = aws_session.client("s3")
+    s3.create_bucket(Bucket="scones-workflow-databucket-notastack")  # same region and prefix, not the stack's
+    deployment = deploy(aws_session, container_config(onnx_model, tmp_path), log=lambda *_: None)
+    ours = {deployment.outputs["DataBucketName"], deployment.outputs["CaptureBucketName"]}
+    sm, cfn = aws_session.client("sagemaker"), aws_session.client("cloudformation")
+
+    kept = teardown(sm, cfn, s3, endpoint_name="scones-endpoint", stack_name="scones-workflow")  # the stack exists
+    assert {k.removeprefix("bucket s3://") for k in kept.kept if k.startswith("bucket ")} == ours
+    gone = teardown(sm, cfn, s3, endpoint_name="scones-endpoint", stack_name="scones-workflow", delete_data=True)
+    assert {d.split()[1].removeprefix("s3://") for d in gone.deleted if d.startswith("bucket ")} == ours
+    assert {b["Name"] for b in elsewhere.list_buckets(BucketRegion="eu-west-1")["Buckets"]} >= set(others)
+    assert "scones-workflow-databucket-notastack" in {b["Name"] for b in s3.list_buckets()["Buckets"]}
+
+
+def test_a_bucket_in_another_region_is_refused_before_anything_is_uploaded(aws_session, onnx_model, tmp_path, capsys):
+    """Defect 6. Lambda reads its code from a bucket in the function's region, SageMaker its artefacts from the
+    endpoint's; moto accepts the mismatch. deploy refuses first, naming both regions, and makes nothing."""
+    import boto3 as boto
+
+    boto.Session(region_name="eu-west-1").client("s3").create_bucket(
+        Bucket="bucket-in-ireland", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    argv = ["deploy", "--region", REGION, "--role-arn", ROLE, "--bucket", "bucket-in-ireland", "--container", IMAGE,
+            "--model", str(onnx_model)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "bucket-in-ireland is in eu-west-1 but the deploy region is us-east-1" in err
+    assert aws_session.client("s3").list_objects_v2(Bucket="bucket-in-ireland").get("KeyCount", 0) == 0
+    assert aws_session.client("cloudformation").list_stacks()["StackSummaries"] == []
+    assert aws_session.client("sagemaker").list_models()["Models"] == []
+
+
+@pytest.mark.parametrize("name", ["Scones-Endpoint", "scones_endpoint", "SCONES"])
+def test_endpoint_names_sagemaker_would_lowercase_in_the_arn_are_refused(name, capsys):
+    """Defect 7. The classify role's policy is built from the name as given; SageMaker's endpoint ARNs are lower
+    case, so with capitals every InvokeEndpoint is denied. Refused in DeployConfig and by the template."""
+    from cfnlint.decode.cfn_yaml import loads
+
+    with pytest.raises(ValueError, match="lower-case letters, digits and hyphens"):
+        DeployConfig(role_arn=ROLE, bucket="b", endpoint_name=name)
+    assert cli.main(["deploy", "--region", REGION, "--role-arn", ROLE, "--bucket", "b", "--endpoint-name", name]) == 2
+    assert "lower-case" in capsys.readouterr().err
+    pattern = loads(TEMPLATE_PATH.read_text())["Parameters"]["EndpointName"]["AllowedPattern"]
+    assert re.fullmatch(pattern, name) is None and re.fullmatch(pattern, "scones-endpoint-2")
+
+
+@pytest.mark.parametrize("media_type", ["application/vnd.oci.image.index.v1+json",
+                                        "application/vnd.docker.distribution.manifest.list.v2+json"])
+def test_an_image_index_is_refused_before_anything_is_made(aws_session, onnx_model, tmp_path, media_type):
+    """Defect 9. buildx pushes an OCI image index (provenance attestation) unless --provenance=false, and
+    SageMaker answers CreateModel with "Unsupported manifest media type". ECR's BatchGetImage tells the type."""
+    from tests.scones_aws_fixtures import push_image
+
+    push_image(aws_session, media_type)
+    with pytest.raises(ValueError, match="image index .*docker build --provenance=false"):
+        deploy(aws_session, container_config(onnx_model, tmp_path), log=lambda *_: None)
+    assert aws_session.client("cloudformation").list_stacks()["StackSummaries"] == []
+    with pytest.raises(ValueError, match="is in eu-west-1, the endpoint in us-east-1"):
+        deploy(aws_session, dataclasses.replace(container_config(onnx_model, tmp_path),
+                                                container=IMAGE.replace("us-east-1", "eu-west-1")), log=lambda *_: None)
+    readme = (PROJECT_DIR / "README.md").read_text()
+    builds = [line for line in readme.splitlines() if line.startswith("docker build")]
+    assert builds and all("--provenance=false" in line for line in builds)
+
+
+def test_the_image_check_reads_ecrs_documented_answer():
+    """BatchGetImage's documented response: images[].imageManifestMediaType, failures[] for a missing tag."""
+    from scones_workflow.src.aws.preflight import check_image_manifest
+
+    ecr = boto3.client("ecr", region_name=REGION)
+    request = {"registryId": "123456789012", "repositoryName": "scones-server", "imageIds": [{"imageTag": "1"}],
+               "acceptedMediaTypes": ANY}
+    with Stubber(ecr) as stub:
+        stub.add_response("batch_get_image", {"images": [{
+            "registryId": "123456789012", "repositoryName": "scones-server", "imageId": {"imageTag": "1"},
+            "imageManifest": "{}", "imageManifestMediaType": "application/vnd.oci.image.manifest.v1+json"}],
+            "failures": []}, request)
+        assert check_image_manifest(ecr, IMAGE, REGION) == "application/vnd.oci.image.manifest.v1+json"
+        stub.add_response("batch_get_image", {"images": [], "failures": [{
+            "imageId": {"imageTag": "1"}, "failureCode": "ImageTagDoesNotMatchDigest",
+            "failureReason": "Requested image not found"}]}, request)
+        with pytest.raises(ValueError, match="ECR has no such image .*Requested image not found"):
+            check_image_manifest(ecr, IMAGE, REGION)
+
+
+def test_training_defaults_to_a_gpu_new_accounts_can_get_and_the_instance_types_are_options(aws_session, onnx_model,
+                                                                                              tmp_path, monkeypatch):
+    """Defect 4. ml.p3.2xlarge was the only choice. Now a default of the algorithm's smallest GPU (ml.g4dn.xlarge),
+    both instance types as options, and the account's quota read before anything is made. (training_job.py's
+    own TrainingSpec default is engineer A's, on the shared SageMaker launcher.)"""
+    assert DeployConfig(role_arn=ROLE, bucket="b").training_instance_type == "ml.g4dn.xlarge"
+    args = cli.build_parser().parse_args(["deploy", "--role-arn", ROLE, "--bucket", "my-bucket", "--container", IMAGE,
+                                          "--model", str(onnx_model), "--training-instance-type", "ml.g5.xlarge",
+                                          "--endpoint-instance-type", "ml.c5.large"])
+    config = cli.deploy_config(args)
+    assert (config.training_instance_type, config.instance_type) == ("ml.g5.xlarge", "ml.c5.large")
+    deployed = deploy(aws_session, dataclasses.replace(config, work_dir=tmp_path), log=lambda *_: None)
+    variants = aws_session.client("sagemaker").describe_endpoint_config(
+        EndpointConfigName=deployed.endpoint_config)["ProductionVariants"]
+    assert [v["InstanceType"] for v in variants] == ["ml.c5.large"]
+
+
+def _quotas(value: float) -> dict:
+    """ListServiceQuotas' documented response for SageMaker's per-instance-type quota."""
+    return {"Quotas": [{"ServiceCode": "sagemaker", "ServiceName": "Amazon SageMaker", "QuotaCode": "L-A1B2C3D4",
+                        "QuotaName": "ml.g4dn.xlarge for training job usage", "Value": value, "Unit": "None",
+                        "Adjustable": True, "GlobalQuota": False}]}
+
+
+def test_a_zero_quota_is_refused_naming_what_to_request():
+    from scones_workflow.src.aws.preflight import check_quota
+
+    quotas = boto3.client("service-quotas", region_name=REGION)
+    with Stubber(quotas) as stub:
+        stub.add_response("list_service_quotas", _quotas(0.0), {"ServiceCode": "sagemaker"})
+        with pytest.raises(ValueError, match=r"quota 'ml.g4dn.xlarge for training job usage' \(L-A1B2C3D4\) is 0, "
+                                             r"this deploy needs 1: request an increase"):
+            check_quota(quotas, "ml.g4dn.xlarge", "training job usage", 1)
+        stub.add_response("list_service_quotas", _quotas(2.0), {"ServiceCode": "sagemaker"})
+        assert check_quota(quotas, "ml.g4dn.xlarge", "training job usage", 1) == 2.0
+        stub.add_client_error("list_service_quotas", "AccessDeniedException", "not authorized", 400)
+        assert check_quota(quotas, "ml.g4dn.xlarge", "training job usage", 1) is None  # SageMaker will say it
+        stub.assert_no_pending_responses()

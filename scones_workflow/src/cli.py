@@ -13,9 +13,10 @@ The local workflow, step by step (each step also runs inside the notebook):
 
 and on AWS (credentials from the usual boto3 chain; costs money):
 
+    python -m scones_workflow deploy --role-arn ... --bucket ... --plan  # what it would make and cost, nothing made
     python -m scones_workflow deploy --role-arn ... --bucket ...   # again: a new model, blue/green
     python -m scones_workflow deploy ... --container IMAGE_URI     # the ONNX model in this repo's container
-    python -m scones_workflow teardown [--delete-data]
+    python -m scones_workflow teardown [--delete-data] [--plan]
 """
 from __future__ import annotations
 
@@ -210,7 +211,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 def _aws_errors(run: Callable[[], int]) -> int:
     """What a user can fix (no credentials or region, a refused request, a bad option) as one line, exit 2."""
-    from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError
+    from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError, WaiterError
 
     try:
         return run()
@@ -222,22 +223,39 @@ def _aws_errors(run: Callable[[], int]) -> int:
     except ClientError as err:
         error = err.response.get("Error", {})
         print(f"error: AWS refused {err.operation_name}: {error.get('Code')}: {error.get('Message')}", file=sys.stderr)
+    except WaiterError as err:  # a wait that the code did not turn into a named failure itself
+        print(f"error: {err}", file=sys.stderr)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
     return 2
+
+
+def deploy_config(args: argparse.Namespace) -> object:
+    """The DeployConfig of `deploy`'s options."""
+    from .aws.config import DEFAULT_MODEL, DeployConfig, ScalingConfig
+
+    scaling = ScalingConfig(enabled=not args.no_autoscaling, min_instances=args.min_instances,
+                            max_instances=args.max_instances, max_rps=args.max_rps)
+    return DeployConfig(role_arn=args.role_arn, bucket=args.bucket, endpoint_name=args.endpoint_name,
+                        stack_name=args.stack_name, threshold=args.threshold, container=args.container,
+                        model_path=Path(args.model) if args.model else DEFAULT_MODEL, variants=args.variants,
+                        training_mode=args.training_mode, training_instance_type=args.training_instance_type,
+                        instance_type=args.endpoint_instance_type, scaling=scaling,
+                        serverless_memory_mb=args.serverless or 0, alarm_email=args.alarm_email or "")
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     def run() -> int:
         import boto3
 
-        from .aws.config import DEFAULT_MODEL, DeployConfig
         from .aws.deployment import deploy
 
-        config = DeployConfig(role_arn=args.role_arn, bucket=args.bucket, endpoint_name=args.endpoint_name,
-                              stack_name=args.stack_name, threshold=args.threshold, container=args.container,
-                              model_path=Path(args.model) if args.model else DEFAULT_MODEL, variants=args.variants,
-                              training_mode=args.training_mode, alarm_email=args.alarm_email or "")
+        config = deploy_config(args)
+        if args.plan:
+            from .aws.plan import deploy_plan
+
+            print("\n".join(deploy_plan(boto3.Session(region_name=args.region), config)))
+            return 0
         staged = None
         if not config.container:  # the built-in algorithm trains on the staged images
             from . import data
@@ -254,16 +272,58 @@ def cmd_teardown(args: argparse.Namespace) -> int:
     def run() -> int:
         import boto3
 
-        from .aws.teardown import teardown
+        from .aws.teardown import teardown, teardown_plan
 
         session = boto3.Session(region_name=args.region)
-        report = teardown(session.client("sagemaker"), session.client("cloudformation"), session.client("s3"),
-                          endpoint_name=args.endpoint_name, stack_name=args.stack_name,
+        clients = session.client("sagemaker"), session.client("cloudformation"), session.client("s3")
+        if args.plan:
+            print("\n".join(teardown_plan(*clients, endpoint_name=args.endpoint_name, stack_name=args.stack_name,
+                                           delete_data=args.delete_data)))
+            return 0
+        report = teardown(*clients, endpoint_name=args.endpoint_name, stack_name=args.stack_name,
                           delete_data=args.delete_data)
         print("\n".join(report.lines()))
         return 0 if report.ok else 1
 
     return _aws_errors(run)
+
+
+def add_deploy_options(p: argparse.ArgumentParser, data_dir: dict) -> None:
+    from .aws.config import DEFAULT_ENDPOINT_INSTANCE, DEFAULT_TRAINING_INSTANCE, SERVERLESS_MEMORY_MB
+
+    p.add_argument("--role-arn", required=True,
+                   help="SageMaker execution role (training, the endpoint, and data capture writes)")
+    p.add_argument("--bucket", required=True, help="your bucket for data, model artefacts and deployment code; "
+                                                   "it must be in the deploy region (checked first)")
+    p.add_argument("--data-dir", **data_dir)
+    p.add_argument("--threshold", type=float, default=THRESHOLD, help=f"default {THRESHOLD}")
+    p.add_argument("--container", metavar="IMAGE_URI",
+                   help="serve the ONNX model with this bring-your-own container image (ECR URI; see README; built "
+                        "with --provenance=false, checked first) instead of training the built-in classifier")
+    p.add_argument("--model", help="ONNX model for --container (default: scones_workflow/models/"
+                                   "scones_classifier.onnx)")
+    p.add_argument("--variants", action="store_true",
+                   help="two weighted variants: the model serving now keeps 90%% (Primary), the new "
+                        "one gets 10%% (Challenger); deploy again without it to promote")
+    p.add_argument("--training-mode", choices=["pretrained", "scratch"], default="pretrained",
+                   help="built-in classifier: ImageNet ResNet-18 at 224 px (default) or from scratch at 32 px")
+    p.add_argument("--training-instance-type", default=DEFAULT_TRAINING_INSTANCE,
+                   help=f"built-in classifier's training instance, a GPU type (default {DEFAULT_TRAINING_INSTANCE}; "
+                        f"the account's quota is checked first)")
+    p.add_argument("--endpoint-instance-type", default=DEFAULT_ENDPOINT_INSTANCE,
+                   help=f"endpoint instance type (default {DEFAULT_ENDPOINT_INSTANCE}; quota checked first)")
+    p.add_argument("--min-instances", type=int, default=1, help="auto scaling: fewest instances per variant (default 1)")
+    p.add_argument("--max-instances", type=int, default=4, help="auto scaling: most instances per variant (default 4)")
+    p.add_argument("--max-rps", type=float, default=None,
+                   help="requests per second one instance sustains; the scaling target is it x 0.5 x 60 per minute "
+                        "(default: the load test's recorded endpoint throughput, see README Scaling)")
+    p.add_argument("--no-autoscaling", action="store_true", help="a fixed fleet of --min-instances per variant")
+    p.add_argument("--serverless", type=int, metavar="MEMORY_MB", choices=SERVERLESS_MEMORY_MB,
+                   help="serverless inference with this memory instead of instances: for spiky, low traffic; "
+                        "cold starts after idle, no data capture, one variant")
+    p.add_argument("--alarm-email", help="subscribe this address to the low-confidence alarm")
+    p.add_argument("--plan", action="store_true",
+                   help="print every resource, instance type and hourly price deploy would use; change nothing")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -364,25 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--endpoint-name", default="scones-endpoint", help="default scones-endpoint")
         p.add_argument("--stack-name", default="scones-workflow", help="default scones-workflow")
         if name == "deploy":
-            p.add_argument("--role-arn", required=True,
-                           help="SageMaker execution role (training, the endpoint, and data capture writes)")
-            p.add_argument("--bucket", required=True, help="your bucket for data, model artefacts and deployment code")
-            p.add_argument("--data-dir", **data_dir)
-            p.add_argument("--threshold", type=float, default=THRESHOLD, help=f"default {THRESHOLD}")
-            p.add_argument("--container", metavar="IMAGE_URI",
-                           help="serve the ONNX model with this bring-your-own container image (ECR URI; see "
-                                "README) instead of training the built-in classifier")
-            p.add_argument("--model", help="ONNX model for --container (default: scones_workflow/models/"
-                                           "scones_classifier.onnx)")
-            p.add_argument("--variants", action="store_true",
-                           help="two weighted variants: the model serving now keeps 90%% (Primary), the new "
-                                "one gets 10%% (Challenger); deploy again without it to promote")
-            p.add_argument("--training-mode", choices=["pretrained", "scratch"], default="pretrained",
-                           help="built-in classifier: ImageNet ResNet-18 at 224 px (default) or from scratch at 32 px")
-            p.add_argument("--alarm-email", help="subscribe this address to the low-confidence alarm")
+            add_deploy_options(p, data_dir)
         else:
             p.add_argument("--delete-data", action="store_true",
                            help="also empty (every object version) and delete the retained data and capture buckets")
+            p.add_argument("--plan", action="store_true", help="print what teardown would delete and keep; change nothing")
         p.set_defaults(func=cmd_deploy if name == "deploy" else cmd_teardown)
     return parser
 
