@@ -22,10 +22,11 @@ help:
 	@echo "make app   [PORT=...]   the landmark app as a web page on 127.0.0.1 (prints its URL)"
 	@echo "make venv  build .venv from requirements.txt (both targets do this when needed)"
 
-$(STAMP): requirements.txt requirements-tools.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt requirements-tools.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install -r requirements.txt
+	$(VENV)/bin/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(VENV)/bin/python -m pip install --quiet --no-deps -e .
 	# checkers whose pins clash with the project's (checkov: boto3 1.35) live in their own venv
 	$(PYTHON) -m venv $(VENV)/tools

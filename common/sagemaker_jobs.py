@@ -68,6 +68,11 @@ class Compute:
             raise ValueError(f"max_wait_seconds ({self.max_wait_seconds}) must be at least max_run_seconds "
                              f"({self.max_run_seconds}): SageMaker counts the run inside the wait")
 
+    @property
+    def max_wait(self) -> int:
+        """A spot job's MaxWaitTimeInSeconds: waiting for capacity plus running."""
+        return self.max_wait_seconds or 2 * self.max_run_seconds
+
 
 @dataclass(frozen=True)
 class Channel:
@@ -136,7 +141,7 @@ def create_arguments(spec: TrainingJobSpec) -> dict[str, Any]:
                                                  volume_size_in_gb=compute.volume_gb),
     }
     if compute.spot:
-        stopping["max_wait_time_in_seconds"] = compute.max_wait_seconds or 2 * compute.max_run_seconds
+        stopping["max_wait_time_in_seconds"] = compute.max_wait
         arguments["enable_managed_spot_training"] = True
     if spec.checkpoint_s3:
         arguments["checkpoint_config"] = shapes.CheckpointConfig(s3_uri=spec.checkpoint_s3, local_path=CHECKPOINT_LOCAL)

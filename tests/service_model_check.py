@@ -13,7 +13,12 @@ import botocore.session
 def _pattern(text: str) -> re.Pattern:
     # AWS's patterns are Java regular expressions, matched against the whole value (the docs show them
     # as ^...$; the model omits the anchors); the few constructs Python lacks are rewritten.
-    return re.compile(text.replace("\\p{Alnum}", "A-Za-z0-9").replace("\\p{XDigit}", "0-9A-Fa-f"), re.DOTALL)
+    # Inside character classes: \p{Alnum} and \p{XDigit} exactly; \p{L} (letters), \p{N} (digits) and
+    # \p{Z} (separators) by Python's Unicode \w, \d and \s, which are a little wider (Tags' values).
+    for java, python in (("\\p{Alnum}", "A-Za-z0-9"), ("\\p{XDigit}", "0-9A-Fa-f"), ("\\p{L}", "\\w"),
+                         ("\\p{N}", "\\d"), ("\\p{Z}", "\\s")):
+        text = text.replace(java, python)
+    return re.compile(text, re.DOTALL)
 
 
 def problems(shape: Any, value: Any, where: str) -> list[str]:
@@ -75,3 +80,19 @@ class Recorder:
 
     def params(self, operation: str) -> dict:
         return next(p for name, p in self.calls if name == operation)
+
+
+def record_calls(monkeypatch: Any) -> list[tuple[str, dict]]:
+    """Records (operation, parameters) of every call any boto3 client makes while the test runs: for
+    libraries that build their own clients (autogluon.cloud)."""
+    from botocore.client import BaseClient
+
+    calls: list[tuple[str, dict]] = []
+    original = BaseClient._make_api_call
+
+    def recording(self: Any, operation: str, params: dict) -> Any:
+        calls.append((operation, dict(params)))
+        return original(self, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", recording)
+    return calls

@@ -22,6 +22,9 @@ class Config:
     # run of record, two workers were slower than one (XGBoost, 10 fits: 27-43 s vs 24 s).
     workers: int = 1
     min_seconds: float = 0   # the least time limit of one AutoGluon fit (when there is a budget)
+    # TRAIN_ON="sagemaker": a cloud.CloudFit, and each AutoGluon fit runs as a SageMaker training job
+    # (the notebook sets it with dataclasses.replace); None: every fit in this process
+    cloud: Any = None
 
 
 TINY = Config(budget=None, hyperparameters={"GBM": {"num_boost_round": 60}}, trials=2, gbm_rounds=0.03,

@@ -158,8 +158,13 @@ def _fit_one(label: str, train: pd.DataFrame, *, path: Path, time_limit: float, 
         kwargs.update(dynamic_stacking=False)  # its extra sub-fit would eat a quarter of the budget
     shutil.rmtree(path, ignore_errors=True)
     # RMSE: on counts for the seed's stages, on log1p counts (= RMSLE) for the later ones
-    predictor = TabularPredictor(label=label, eval_metric="root_mean_squared_error", path=str(path),
-                                 verbosity=verbosity, groups="block")
+    init = {"label": label, "eval_metric": "root_mean_squared_error", "groups": "block"}
+    if config.cloud is not None and not stage.tune:  # TRAIN_ON="sagemaker": the same fit as a training job
+        from bike_sharing_autogluon.src.cloud import fit_on_sagemaker
+
+        predictor, job = fit_on_sagemaker(train, init, kwargs, path=path, cloud=config.cloud)
+        return predictor, {**kwargs, "sagemaker_job": job}
+    predictor = TabularPredictor(**init, path=str(path), verbosity=verbosity)
     predictor.fit(train, **kwargs)
     return predictor, kwargs
 
@@ -188,12 +193,13 @@ def fit_stage(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, config: 
     started = time.perf_counter()
     oof_pred = np.zeros(len(train))
     test_pred = np.zeros(len(test))
-    boards, best, scores, settings = [], {}, {}, {}
+    boards, best, scores, settings, jobs = [], {}, {}, {}, []
     for label in labels:
         y = train[label].astype(float)
         predictor, settings = _fit_one(label, x_train.assign(**{label: np.log1p(y) if log_space else y}),
                                        path=models_dir / stage.name / label, time_limit=time_limit,
                                        stage=stage, config=config, verbosity=verbosity)
+        jobs += [settings.pop("sagemaker_job")] if "sagemaker_job" in settings else []
         board = predictor.leaderboard(silent=True)
         boards.append(board.assign(target=label))
         best[label] = predictor.model_best
@@ -202,6 +208,8 @@ def fit_stage(stage: Stage, train: pd.DataFrame, test: pd.DataFrame, *, config: 
         test_pred += _to_counts(predictor.predict(x_test), log_space)
     seconds = time.perf_counter() - started
     settings = {k: v for k, v in settings.items() if k not in ("verbosity", "hyperparameters")}
+    if jobs:  # trained on SageMaker: the jobs' names, instance, training and billable seconds
+        settings["sagemaker_jobs"] = jobs
     cv, per_block = block_scores(train, oof_pred)
     return StageResult(stage, pd.concat(boards, ignore_index=True), best, scores, oof_pred, cv, per_block,
                        test_pred, seconds, settings)
