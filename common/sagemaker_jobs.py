@@ -409,3 +409,54 @@ def train_script(job: ScriptJob, settings: SageMakerSettings, work_dir: Path, *,
     done = wait(name, session, poll_seconds=poll_seconds, log=log)
     model_dir = download_model(done, Path(work_dir) / name / "model", session)
     return TrainedModel(name, model_dir, timings(done))
+
+
+# ------------------------------------------------------------------ from a notebook's parameters cell
+
+
+TRAIN_ON = ("local", "sagemaker")
+
+
+def notebook_settings(train_on: str, role_arn: str | None, bucket: str | None, instance_type: str,
+                      instance_count: int = 1, spot: bool = False) -> SageMakerSettings | None:
+    """The parameters cell's TRAIN_ON, SAGEMAKER_ROLE, SAGEMAKER_BUCKET, INSTANCE_TYPE, INSTANCE_COUNT and
+    SPOT: None to train in this process ("local"), else where the SageMaker job runs. Checked before
+    anything trains, so a typo fails in the first cells, not after the data is loaded."""
+    if train_on not in TRAIN_ON:
+        raise ValueError(f"TRAIN_ON={train_on!r}: choose one of {', '.join(TRAIN_ON)}")
+    if train_on == "local":
+        return None
+    return SageMakerSettings(role_arn or "", bucket or "", Compute(instance_type, int(instance_count), spot=bool(spot)))
+
+
+def train_project(project: str, hyperparameters: Mapping[str, Any], train_folder: Path, settings: SageMakerSettings,
+                  work_dir: Path, *, stand_in: bool = False) -> TrainedModel:
+    """Train `project`'s entry point (`<project>.src.sagemaker_entry`) on SageMaker with `train_folder` as its
+    "train" channel; the caller then loads the model with that module's `load_trained(model_dir)`."""
+    if stand_in:
+        raise ValueError(f"TRAIN_ON='sagemaker' trains on the real dataset, and this run has only the offline "
+                         f"stand-in ({paths.display(Path(train_folder))} lacks it): put the dataset there first")
+    job = ScriptJob(project, f"{project}.src.sagemaker_entry", project.split("_")[0].lower(), hyperparameters,
+                    {"train": Path(train_folder)}, requirements=pinned(IMAGE_LACKS))
+    return train_script(job, settings, work_dir)
+
+
+# What the entry points import (common.downloads, the progress bars, PeakMemory, the landmark metrics)
+# beyond the PyTorch image's torch, torchvision, numpy, pandas, scipy and Pillow: installed in the job at
+# this repository's pins before the entry point runs (the job needs internet access for it: the default,
+# unless the job runs in a VPC without a NAT gateway or with network isolation).
+IMAGE_LACKS = ("pooch", "tqdm", "psutil", "scikit-learn")
+
+
+def pinned(names: tuple[str, ...], requirements: Path = paths.REPO_ROOT / "requirements.txt") -> tuple[str, ...]:
+    """`name==version` for each of `names` as requirements.txt pins it (a name it does not pin: a ValueError)."""
+    pins = {}
+    for line in requirements.read_text().splitlines():
+        name, sep, version = line.split("#")[0].strip().partition("==")
+        if sep:
+            pins[name.split("[")[0].lower()] = f"{name}=={version}"
+    missing = [n for n in names if n.lower() not in pins]
+    if missing:
+        raise ValueError(f"{requirements} pins no {', '.join(missing)}")
+    return tuple(pins[n.lower()] for n in names)
+

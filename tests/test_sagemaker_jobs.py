@@ -24,6 +24,7 @@ from common import paths
 from common import sagemaker_jobs as sj
 from tests.scones_aws_fixtures import REGION, ROLE, aws_session  # noqa: F401 (a fixture)
 from tests.service_model_check import Recorder, request_problems
+from tests.test_sagemaker_entry import MNIST_HPS, mnist_channel  # noqa: F401 (a fixture: real digits as IDX files)
 
 BUCKET = "my-bucket"
 
@@ -306,3 +307,40 @@ def test_a_spot_job_that_waited_too_long_is_a_failure(stubbed):
     with pytest.raises(sj.TrainingJobFailed, match=r"Stopped \(MaxWaitTimeExceeded\)"):
         _wait(session, [_described("InProgress", "Interrupted", EnableManagedSpotTraining=True),
                         _described("Stopped", "MaxWaitTimeExceeded", EnableManagedSpotTraining=True)], stub)
+
+
+def test_the_mnist_entry_point_trains_from_its_packaged_source_and_loads_back(aws_session, tmp_path, monkeypatch,
+                                                                              mnist_channel):
+    """The real project through the launcher: `train_project` packages common/ + mnist_classifier/src/
+    (their imports resolve from the code channel alone), the job's container runs the entry point on a
+    small real-digit channel, and `load_trained` gives the notebook what a local fit gives."""
+    from mnist_classifier.src import sagemaker_entry
+
+    opt_ml, create = tmp_path / "opt_ml", sj.start
+
+    def start_and_run(spec, session):
+        job = create(spec, session)
+        _run_container(session, spec.name, opt_ml)
+        return job
+
+    monkeypatch.setattr(sj, "start", start_and_run)
+    hyperparameters = {**MNIST_HPS, "epochs": 1, "checkpoint_dir": str(tmp_path / "checkpoints")}
+    trained = sj.train_project("mnist_classifier", hyperparameters, mnist_channel, _settings(), tmp_path / "work")
+    code = opt_ml / "input" / "data" / "code"
+    assert (code / "requirements.txt").read_text().split() == list(sj.pinned(sj.IMAGE_LACKS))
+    assert not (code / "landmark_classifier").exists() and (code / "common" / "container.py").is_file()
+    models = sagemaker_entry.load_trained(trained.model_dir)
+    assert list(models) == ["mlp_baseline"] and models["mlp_baseline"].history.epoch == [1]
+    assert trained.job_name.startswith("mnist-")
+    with pytest.raises(ValueError, match="real dataset, and this run has only the offline stand-in"):
+        sj.train_project("mnist_classifier", {}, mnist_channel, _settings(), tmp_path / "work", stand_in=True)
+
+
+def test_the_parameters_cell_chooses_where_to_train():
+    assert sj.notebook_settings("local", None, None, "ml.g5.xlarge") is None
+    settings = sj.notebook_settings("sagemaker", ROLE, BUCKET, "ml.g5.12xlarge", 2, True)
+    assert settings.compute == sj.Compute("ml.g5.12xlarge", 2, spot=True)
+    with pytest.raises(ValueError, match="TRAIN_ON='SageMaker': choose one of local, sagemaker"):
+        sj.notebook_settings("SageMaker", ROLE, BUCKET, "ml.g5.xlarge")
+    with pytest.raises(ValueError, match="needs SAGEMAKER_ROLE"):
+        sj.notebook_settings("sagemaker", None, BUCKET, "ml.g5.xlarge")

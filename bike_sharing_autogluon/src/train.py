@@ -159,7 +159,9 @@ def _fit_one(label: str, train: pd.DataFrame, *, path: Path, time_limit: float, 
     shutil.rmtree(path, ignore_errors=True)
     # RMSE: on counts for the seed's stages, on log1p counts (= RMSLE) for the later ones
     init = {"label": label, "eval_metric": "root_mean_squared_error", "groups": "block"}
-    if config.cloud is not None and not stage.tune:  # TRAIN_ON="sagemaker": the same fit as a training job
+    if config.cloud is not None and stage.tune:
+        print(f"{stage.name}: trains here: its search spaces cannot be sent through autogluon.cloud (ag_args.json)")
+    elif config.cloud is not None:  # TRAIN_ON="sagemaker": the same fit as a training job
         from bike_sharing_autogluon.src.cloud import fit_on_sagemaker
 
         predictor, job = fit_on_sagemaker(train, init, kwargs, path=path, cloud=config.cloud)
