@@ -665,14 +665,14 @@ def test_run_executions_reports_each_execution_as_the_local_backend_does():
 
 # ---------------------------------------------------------------------------- issue 25: what moto hides
 def _recorder(*sessions):
-    """Every operation the given boto3 sessions' clients make, in order: [(IAM prefix, operation, params)]
-    (botocore's before-call event; clients copy their session's handlers when they are made)."""
+    """Every operation the given boto3 sessions' clients make, in order: [(IAM prefix, operation, API parameters)]
+    (botocore's before-parameter-build event; clients copy their session's handlers when they are made)."""
     calls = []
 
     def record(model, params, **_):
-        calls.append((model.service_model.signing_name, model.name, params))
+        calls.append((model.service_model.signing_name, model.name, dict(params)))
     for session in sessions:
-        session.events.register("before-call", record)
+        session.events.register("before-parameter-build", record)
     return calls
 
 
@@ -810,3 +810,249 @@ def test_a_zero_quota_is_refused_naming_what_to_request():
         stub.add_client_error("list_service_quotas", "AccessDeniedException", "not authorized", 400)
         assert check_quota(quotas, "ml.g4dn.xlarge", "training job usage", 1) is None  # SageMaker will say it
         stub.assert_no_pending_responses()
+
+
+# ---------------------------------------------------------------------------- issue 25: scaling, plans, the policy
+def _stack_updates(calls) -> list[tuple[str, tuple[str, ...]]]:
+    """(operation, scaled variants) of each stack create/update, and the endpoint operations, in order."""
+    out = []
+    for _, operation, params in calls:
+        if operation in ("CreateStack", "UpdateStack"):
+            values = {p["ParameterKey"]: p.get("ParameterValue") for p in params["Parameters"]}
+            out.append((operation, tuple(v for v in (values.get("ScaledVariant1"), values.get("ScaledVariant2")) if v)))
+        elif operation in ("CreateEndpoint", "UpdateEndpoint"):
+            out.append((operation, (params.get("RetainAllVariantProperties", False),)))
+    return out
+
+
+def test_scaling_is_registered_after_inservice_and_deregistered_around_an_instance_type_change(aws_session, onnx_model,
+                                                                                                tmp_path):
+    """AWS's order for autoscaled endpoints (endpoint-scaling-update.html): register once the endpoint serves the
+    variant; a model-only update keeps the registration (and the counts scaling set: RetainAllVariantProperties);
+    an update that changes a scaled variant's instance type, or removes it, deregisters first and registers after."""
+    calls = _recorder(aws_session)
+    config = container_config(onnx_model, tmp_path)
+    quiet = {"log": lambda *_: None}
+    first = deploy(aws_session, config, **quiet)
+    assert first.scaled == ("AllTraffic",)
+    assert _stack_updates(calls) == [("CreateStack", ()), ("CreateEndpoint", (False,)), ("UpdateStack", ("AllTraffic",))]
+    order = [op for _, op, _ in calls]
+    assert order.index("UpdateStack") > max(i for i, op in enumerate(order) if op == "DescribeEndpoint")  # InService
+
+    calls.clear()
+    deploy(aws_session, config, **quiet)  # a new model only
+    assert _stack_updates(calls) == [("UpdateStack", ("AllTraffic",)), ("UpdateEndpoint", (True,))]
+
+    calls.clear()
+    deploy(aws_session, dataclasses.replace(config, instance_type="ml.c5.xlarge"), **quiet)
+    assert _stack_updates(calls) == [("UpdateStack", ()), ("UpdateEndpoint", (False,)), ("UpdateStack", ("AllTraffic",))]
+
+    calls.clear()
+    canary = deploy(aws_session, dataclasses.replace(config, instance_type="ml.c5.xlarge", variants=True), **quiet)
+    assert canary.scaled == ("Primary", "Challenger")  # AllTraffic is removed: deregistered first
+    assert _stack_updates(calls) == [("UpdateStack", ()), ("UpdateEndpoint", (False,)),
+                                     ("UpdateStack", ("Primary", "Challenger"))]
+    stack = aws_session.client("cloudformation").describe_stacks(StackName="scones-workflow")["Stacks"][0]
+    parameters = {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}
+    assert parameters["InvocationsPerInstanceTarget"] == str(config.scaling.target)
+    assert parameters["CodeKey"] == f"scones-workflow/{canary.stamp}/lambdas.zip"  # the scaling update kept the code
+
+    calls.clear()
+    fixed = deploy(aws_session, dataclasses.replace(config, instance_type="ml.c5.xlarge", scaling=dataclasses.replace(
+        config.scaling, enabled=False)), **quiet)
+    assert fixed.scaled == () and _stack_updates(calls)[0] == ("UpdateStack", ())
+
+
+def test_the_scaling_target_is_the_load_tests_throughput_with_awss_formula(tmp_path):
+    """SageMakerVariantInvocationsPerInstance = MAX_RPS x SAFETY_FACTOR (0.5 to start) x 60, per minute
+    (endpoint-scaling-loadtest.html); MAX_RPS from the load test's recorded endpoint throughput."""
+    from scones_workflow.src.aws import config as aws_config
+
+    record = tmp_path / "metrics.json"
+    record.write_text(json.dumps({"summary": {aws_config.LOAD_TEST_KEY: 264.7}}))
+    assert aws_config.recorded_max_rps(record) == 264.7
+    assert aws_config.invocations_target(264.7) == 7941
+    assert aws_config.recorded_max_rps(tmp_path / "none.json") == aws_config.FALLBACK_MAX_RPS
+    assert aws_config.ScalingConfig(max_rps=10).target == 300
+    with pytest.raises(ValueError, match="min-instances <= --max-instances"):
+        aws_config.ScalingConfig(min_instances=3, max_instances=2)
+    from cfnlint.decode.cfn_yaml import loads
+
+    default = loads(TEMPLATE_PATH.read_text())["Parameters"]["InvocationsPerInstanceTarget"]["Default"]
+    assert int(default) == aws_config.invocations_target(aws_config.FALLBACK_MAX_RPS)
+
+
+def test_a_serverless_variant_has_no_capture_no_scaling_and_one_variant(aws_session, onnx_model, tmp_path):
+    """Serverless inference excludes data capture and multiple variants (serverless-endpoints.html feature
+    exclusions) and scales itself; the option trades the always-on instance for cold starts."""
+    config = container_config(onnx_model, tmp_path, serverless_memory_mb=2048)
+    deployed = deploy(aws_session, config, log=lambda *_: None)
+    described = aws_session.client("sagemaker").describe_endpoint_config(EndpointConfigName=deployed.endpoint_config)
+    variant = described["ProductionVariants"][0]
+    assert variant["ServerlessConfig"]["MemorySizeInMB"] == 2048 and "InstanceType" not in variant
+    assert not described.get("DataCaptureConfig") and deployed.scaled == ()  # moto answers {} for none
+    with pytest.raises(ValueError, match="one production variant"):
+        container_config(onnx_model, tmp_path, serverless_memory_mb=2048, variants=True)
+
+
+MUTATING = re.compile(r"(Create|Update|Delete|Put|Register|Deregister|Start|Stop|Upload|Complete|Abort|Tag|Untag|"
+                      r"Attach|Detach|Pass|Subscribe|Set|Invoke)")
+
+
+def _price_list(instance: str, use: str, usd: str) -> str:
+    """One PriceList item as the Price List API documents it (a JSON string per product)."""
+    return json.dumps({"product": {"productFamily": "ML Instance", "attributes": {
+        "instanceName": instance, "regionCode": REGION, "usagetype": f"USE1-{use}:{instance}"}, "sku": "SKU1"},
+        "terms": {"OnDemand": {"SKU1.T1": {"priceDimensions": {"SKU1.T1.D1": {
+            "unit": "Hrs", "pricePerUnit": {"USD": usd}, "description": f"{instance} {use}"}}}}}})
+
+
+def test_plans_say_everything_and_change_nothing(aws_session, onnx_model, tmp_path, capsys, monkeypatch):
+    """deploy --plan and teardown --plan make only read calls (no mutating operation recorded) and name the
+    resources, instance types and hourly prices (Price List API, stubbed with its documented shape)."""
+    from scones_workflow.src.aws.plan import deploy_plan
+    from scones_workflow.src.aws.teardown import teardown_plan
+
+    deploy(aws_session, container_config(onnx_model, tmp_path), log=lambda *_: None)
+    pricing = boto3.client("pricing", region_name="us-east-1")
+    calls = _recorder(aws_session)
+    with Stubber(pricing) as stub:
+        stub.add_response("get_products", {"FormatVersion": "aws_v1", "PriceList": [
+            _price_list("ml.m5.xlarge", "Train", "0.2300"), _price_list("ml.m5.xlarge", "Host", "0.2304")]},
+            {"ServiceCode": "AmazonSageMaker", "Filters": ANY})
+        lines = deploy_plan(aws_session, container_config(onnx_model, tmp_path, variants=True), pricing)
+    text = "\n".join(lines)
+    assert "Primary, Challenger, each 1 x ml.m5.xlarge ($0.2304/h on demand each)" in text
+    assert "blue/green update from scones-endpoint-" in text and "stack scones-workflow: update" in text
+    assert "auto scaling of AllTraffic: deregistered before the update" in text
+    assert "at most 8 x ml.m5.xlarge" in text
+    s3, sm, cfn = (aws_session.client(n) for n in ("s3", "sagemaker", "cloudformation"))
+    plan = teardown_plan(sm, cfn, s3, endpoint_name="scones-endpoint", stack_name="scones-workflow")
+    assert plan[0].startswith("delete stack scones-workflow") and "auto scaling of AllTraffic" in plan[0]
+    assert sum(line.startswith("keep bucket s3://scones-workflow-") for line in plan) == 2
+    assert not [op for _, op, _ in calls if MUTATING.match(op)], [op for _, op, _ in calls]
+    assert sm.describe_endpoint(EndpointName="scones-endpoint")["EndpointStatus"] == "InService"
+
+    pricing_off = boto3.client("pricing", region_name="us-east-1")  # no permission: the plan points at the page
+    with Stubber(pricing_off) as stub:
+        stub.add_client_error("get_products", "AccessDeniedException", "not authorized", 400)
+        lines = deploy_plan(aws_session, DeployConfig(role_arn=ROLE, bucket="my-bucket"), pricing_off)
+    assert "1 x ml.g4dn.xlarge (price: see https://aws.amazon.com/sagemaker/pricing/)" in "\n".join(lines)
+    monkeypatch.setattr(boto3, "Session", lambda **_: aws_session)
+    assert cli.main(["teardown", "--region", REGION, "--plan", "--delete-data"]) == 0
+    assert "delete bucket s3://scones-workflow-" in capsys.readouterr().out
+
+
+POLICY_PATH = PROJECT_DIR / "iam" / "deployer-policy.json"
+# Operations whose IAM action is not `<prefix>:<Operation>` (the Service Authorization Reference's action tables).
+IAM_ACTIONS = {
+    ("s3", "ListBuckets"): ["s3:ListAllMyBuckets"], ("s3", "ListObjectsV2"): ["s3:ListBucket"],
+    ("s3", "ListObjects"): ["s3:ListBucket"], ("s3", "HeadBucket"): ["s3:ListBucket"],
+    ("s3", "ListObjectVersions"): ["s3:ListBucketVersions"], ("s3", "HeadObject"): ["s3:GetObject"],
+    ("s3", "CreateMultipartUpload"): ["s3:PutObject"], ("s3", "UploadPart"): ["s3:PutObject"],
+    ("s3", "CompleteMultipartUpload"): ["s3:PutObject"],
+    ("s3", "DeleteObjects"): ["s3:DeleteObject", "s3:DeleteObjectVersion"],
+    # "To be able to pass this role to SageMaker, the caller of this API must have the iam:PassRole permission"
+    # (CreateTrainingJob RoleArn, CreateModel ExecutionRoleArn in the SageMaker API reference)
+    ("sagemaker", "CreateModel"): ["sagemaker:CreateModel", "iam:PassRole"],
+    ("sagemaker", "CreateTrainingJob"): ["sagemaker:CreateTrainingJob", "iam:PassRole"],
+}
+# What CloudFormation does with the deployer's credentials (no service role) for each resource type the template
+# holds: create, update and delete calls, the code and definition it reads from S3, the roles it passes, and
+# for auto scaling the service-linked role and the alarms target tracking manages.
+CFN_ACTIONS = {
+    "AWS::S3::Bucket": ["s3:CreateBucket", "s3:PutEncryptionConfiguration", "s3:PutBucketVersioning",
+                        "s3:PutLifecycleConfiguration", "s3:PutBucketOwnershipControls",
+                        "s3:PutBucketPublicAccessBlock", "s3:PutBucketTagging", "s3:DeleteBucket"],
+    "AWS::S3::BucketPolicy": ["s3:PutBucketPolicy", "s3:GetBucketPolicy", "s3:DeleteBucketPolicy"],
+    "AWS::IAM::Role": ["iam:CreateRole", "iam:GetRole", "iam:PutRolePolicy", "iam:AttachRolePolicy",
+                       "iam:DeleteRolePolicy", "iam:DetachRolePolicy", "iam:DeleteRole"],
+    "AWS::Lambda::Function": ["lambda:CreateFunction", "lambda:GetFunction", "lambda:UpdateFunctionCode",
+                              "lambda:UpdateFunctionConfiguration", "lambda:DeleteFunction", "s3:GetObject",
+                              "iam:PassRole"],
+    "AWS::StepFunctions::StateMachine": ["states:CreateStateMachine", "states:DescribeStateMachine",
+                                         "states:UpdateStateMachine", "states:DeleteStateMachine", "s3:GetObject",
+                                         "iam:PassRole"],
+    "AWS::SNS::Topic": ["sns:CreateTopic", "sns:GetTopicAttributes", "sns:DeleteTopic"],
+    "AWS::SNS::Subscription": ["sns:Subscribe", "sns:Unsubscribe", "sns:GetTopicAttributes"],
+    "AWS::CloudWatch::Alarm": ["cloudwatch:PutMetricAlarm", "cloudwatch:DescribeAlarms", "cloudwatch:DeleteAlarms"],
+    "AWS::ApplicationAutoScaling::ScalableTarget": [
+        "application-autoscaling:RegisterScalableTarget", "application-autoscaling:DescribeScalableTargets",
+        "application-autoscaling:DeregisterScalableTarget", "iam:CreateServiceLinkedRole",
+        "sagemaker:DescribeEndpoint", "sagemaker:UpdateEndpointWeightsAndCapacities"],
+    "AWS::ApplicationAutoScaling::ScalingPolicy": [
+        "application-autoscaling:PutScalingPolicy", "application-autoscaling:DescribeScalingPolicies",
+        "application-autoscaling:DeleteScalingPolicy", "cloudwatch:PutMetricAlarm", "cloudwatch:DescribeAlarms",
+        "cloudwatch:DeleteAlarms"],
+}
+
+
+def _allowed(action: str, policy: dict) -> bool:
+    import fnmatch
+
+    for statement in policy["Statement"]:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        if statement["Effect"] == "Allow" and any(fnmatch.fnmatchcase(action.lower(), a.lower()) for a in actions):
+            return True
+    return False
+
+
+def test_the_deployer_policy_covers_every_call_deploy_teardown_and_the_plans_make(aws_session, onnx_model, tmp_path,
+                                                                                    monkeypatch):
+    """Defect 5. Every AWS operation that deploy (container and built-in, one and two variants, an instance-type
+    change), the notebook's test executions, both plans and teardown --delete-data make, recorded from
+    botocore's events, is an action the shipped deployer policy allows: the policy cannot drift from the code."""
+    policy = json.loads(POLICY_PATH.read_text())
+    calls = _recorder(aws_session)
+    made = boto3.session.Session.__init__
+
+    def recorded(self, *args, **kwargs):  # sessions made inside the code (cloudpathlib's uploads)
+        made(self, *args, **kwargs)
+        self.events.register("before-parameter-build", lambda model, params, **_: calls.append(
+            (model.service_model.signing_name, model.name, {})))
+    monkeypatch.setattr(boto3.session.Session, "__init__", recorded)
+    quiet = {"log": lambda *_: None}
+    config = container_config(onnx_model, tmp_path)
+    deploy(aws_session, config, **quiet)
+    deploy(aws_session, dataclasses.replace(config, variants=True, instance_type="ml.c5.xlarge"), **quiet)
+    deploy_and_run(_staged(tmp_path / "staged"), DeployConfig(role_arn=ROLE, bucket="my-bucket"), executions=0,
+                   session=aws_session)
+    machine = aws_session.client("cloudformation").describe_stacks(StackName="scones-workflow")["Stacks"][0]["Outputs"]
+    with pytest.raises(TimeoutError):  # moto's Step Functions leaves it RUNNING: the calls are what counts here
+        run_executions(aws_session.client("stepfunctions"), next(o["OutputValue"] for o in machine if o["OutputKey"] ==
+                       "StateMachineArn"), [{"s3_bucket": "b", "s3_key": "k", "image_data": ""}], timeout=0,
+                       poll_seconds=0)
+    from scones_workflow.src.aws.plan import deploy_plan
+    from scones_workflow.src.aws.teardown import teardown_plan
+
+    pricing = boto3.client("pricing", region_name="us-east-1")
+    with Stubber(pricing) as stub:
+        stub.add_response("get_products", {"FormatVersion": "aws_v1", "PriceList": []}, None)
+        deploy_plan(aws_session, config, pricing)
+    calls.append(("pricing", "GetProducts", {}))
+    sm, cfn, s3 = (aws_session.client(n) for n in ("sagemaker", "cloudformation", "s3"))
+    teardown_plan(sm, cfn, s3, endpoint_name="scones-endpoint", stack_name="scones-workflow")
+    teardown(sm, cfn, s3, endpoint_name="scones-endpoint", stack_name="scones-workflow")  # buckets kept
+    teardown(sm, cfn, s3, endpoint_name="scones-endpoint", stack_name="scones-workflow", delete_data=True)  # found later
+
+    operations = {(prefix, op) for prefix, op, _ in calls}
+    assert {("sagemaker", "UpdateEndpoint"), ("cloudformation", "UpdateStack"), ("states", "StartExecution"),
+            ("ecr", "BatchGetImage"), ("servicequotas", "ListServiceQuotas"), ("s3", "DeleteObjects"),
+            ("s3", "GetBucketTagging"), ("sagemaker", "CreateTrainingJob")} <= operations
+    needed = {action for prefix, op in operations for action in IAM_ACTIONS.get((prefix, op), [f"{prefix}:{op}"])}
+    assert sorted(a for a in needed if not _allowed(a, policy)) == []
+
+
+def test_the_deployer_policy_covers_what_cloudformation_does_for_each_resource_of_the_template():
+    from cfnlint.decode.cfn_yaml import loads
+
+    policy = json.loads(POLICY_PATH.read_text())
+    types = {r["Type"] for r in loads(TEMPLATE_PATH.read_text())["Resources"].values()}
+    assert types <= set(CFN_ACTIONS), f"add the new resource types' actions: {types - set(CFN_ACTIONS)}"
+    missing_actions = sorted({a for t in types for a in CFN_ACTIONS[t] if not _allowed(a, policy)})
+    assert missing_actions == []
+    # least privilege: no service-wide wildcard, and the role passing is tied to the services that use the roles
+    assert not [a for s in policy["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+                if a.endswith(":*") or a == "*"]
+    passes = [s for s in policy["Statement"] if s["Action"] == "iam:PassRole"]
+    assert passes and all("iam:PassedToService" in s["Condition"]["StringEquals"] for s in passes)
