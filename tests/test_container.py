@@ -79,14 +79,13 @@ def test_a_broken_config_file_is_named(tmp_path):
 
 def test_a_failure_is_written_where_sagemaker_reads_its_reason_and_raised_again(tmp_path):
     contract = container.Contract.from_env(tmp_path, environ={})
-    with pytest.raises(RuntimeError, match="out of disk"):
-        with container.failures_reported(contract):
-            raise RuntimeError("out of disk" + " (details)" * 300)
+    with pytest.raises(RuntimeError, match="out of disk"), container.failures_reported(contract):
+        raise RuntimeError("out of disk" + " (details)" * 300)
     reason = contract.failure_file.read_text()
     assert reason.startswith("RuntimeError: out of disk") and len(reason) == container.FAILURE_LIMIT
-    with pytest.raises(KeyboardInterrupt):  # an interrupt is not a failure of the job's own making
-        with container.failures_reported(container.Contract.from_env(tmp_path / "other", environ={})):
-            raise KeyboardInterrupt
+    other = container.Contract.from_env(tmp_path / "other", environ={})
+    with pytest.raises(KeyboardInterrupt), container.failures_reported(other):
+        raise KeyboardInterrupt  # an interrupt is not a failure of the job's own making
     assert not (tmp_path / "other" / "output" / "failure").exists()
 
 

@@ -17,6 +17,11 @@ import torch
 
 from common import paths
 from common.torchkit import seed_everything
+from landmark_classifier.src import data as landmark_data
+from landmark_classifier.src import model as landmark_model
+from landmark_classifier.src import sagemaker_entry as landmark_entry
+from landmark_classifier.src import standin_photos
+from landmark_classifier.src import train as landmark_train
 from mnist_classifier.src import data as mnist_data
 from mnist_classifier.src import sagemaker_entry as mnist_entry
 from mnist_classifier.src.experiments import EXPERIMENTS
@@ -111,7 +116,7 @@ def test_mnist_two_process_ddp_matches_one_process(tmp_path, mnist_channel, mnis
     torchrun = Path(sys.executable).with_name("torchrun")
     done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "mnist_classifier.src.sagemaker_entry",
                            "--root", str(root)], cwd=paths.REPO_ROOT, env=entry_env(), capture_output=True, text=True,
-                          timeout=240)
+                          timeout=240, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((root / "model" / "metrics.json").read_text())
     assert metrics["processes"] == 2
@@ -122,33 +127,53 @@ def test_mnist_two_process_ddp_matches_one_process(tmp_path, mnist_channel, mnis
     assert done.stdout.count("[Epoch 1]") == 1  # rank 0 alone prints
 
 
-def test_a_killed_mnist_job_resumes_from_its_checkpoint_with_the_uninterrupted_result(tmp_path, mnist_channel):
-    """SIGKILL once the first checkpoint is written (a reclaimed spot instance), then the same job
-    again: it continues after the checkpointed epoch and ends with the uninterrupted run's weights."""
-    hps = {**MNIST_HPS, "epochs": 40, "experiments": "mlp_improved"}  # dropout: the random state must resume too
-    whole = fake_opt_ml(tmp_path / "whole", mnist_channel, hps)
-    command = [sys.executable, "-m", "mnist_classifier.src.sagemaker_entry", "--root"]
-    # the reference as a job too: the same thread count, so the same floating-point sums
-    assert subprocess.run([*command, str(whole)], cwd=paths.REPO_ROOT, env=entry_env(), capture_output=True,
-                          timeout=240).returncode == 0
-    killed = fake_opt_ml(tmp_path / "killed", mnist_channel, hps)
-    command.append(str(killed))
-    job = subprocess.Popen(command, cwd=paths.REPO_ROOT, env=entry_env(), stdout=subprocess.PIPE, text=True)
+def run_job(module: str, root: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", module, "--root", str(root)], cwd=paths.REPO_ROOT,
+                          env=env or entry_env(), capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def killed_and_resumed(module: str, root: Path, env: dict | None = None) -> int:
+    """Start the job, SIGKILL it once its first checkpoint is written (a reclaimed spot instance),
+    start it again; returns the epoch the second run resumed after."""
+    job = subprocess.Popen([sys.executable, "-m", module, "--root", str(root)], cwd=paths.REPO_ROOT,
+                           env=env or entry_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not list((killed / "checkpoints").glob("*/last.pt")) and job.poll() is None and time.monotonic() < deadline:
+    while not list((root / "checkpoints").glob("*/last.pt")) and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     job.send_signal(signal.SIGKILL)
-    job.communicate(timeout=30)
+    job.wait(timeout=30)
     assert job.returncode == -signal.SIGKILL, "the job ended before it could be killed"
-    assert not (killed / "model" / "metrics.json").exists()
-    again = subprocess.run(command, cwd=paths.REPO_ROOT, env=entry_env(), capture_output=True, text=True, timeout=240)
-    assert again.returncode == 0, again.stderr[-3000:]
-    resumed_after = int(again.stdout.split("after epoch ")[1].split()[0])
-    assert 1 <= resumed_after < 40
+    assert not (root / "model" / "metrics.json").exists()
+    again = run_job(module, root, env)
+    return int(again.stdout.split("after epoch ")[1].split()[0])
+
+
+def test_a_killed_mnist_job_resumes_from_its_checkpoint_with_the_uninterrupted_result(tmp_path, mnist_channel):
+    """Killed after a checkpoint, the same job again continues after the checkpointed epoch and ends
+    with the uninterrupted run's weights (both runs are jobs: the same threads, the same sums)."""
+    hps = {**MNIST_HPS, "epochs": 40, "experiments": "mlp_improved"}  # dropout: the random state must resume too
+    whole, killed = (fake_opt_ml(tmp_path / name, mnist_channel, hps) for name in ("whole", "killed"))
+    run_job("mnist_classifier.src.sagemaker_entry", whole)
+    assert 1 <= killed_and_resumed("mnist_classifier.src.sagemaker_entry", killed) < 40
     expected = mnist_entry.load_trained(whole / "model")["mlp_improved"]
     result = mnist_entry.load_trained(killed / "model")["mlp_improved"]
     assert max_difference(result.model.state_dict(), expected.model.state_dict()) == 0.0
     assert result.history.valid_accuracy == expected.history.valid_accuracy
+
+
+def test_two_mnist_processes_stop_early_together(tmp_path, mnist_channel):
+    """lr 0: no epoch improves on the first. Patience runs out on every rank in the same epoch (they
+    validate the same model and agree by an all-reduce), so the job ends, no rank left waiting."""
+    root = fake_opt_ml(tmp_path / "opt_ml", mnist_channel, {**MNIST_HPS, "epochs": 10, "lr": 0, "patience": 1})
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "mnist_classifier.src.sagemaker_entry",
+                           "--root", str(root)], cwd=paths.REPO_ROOT, env=entry_env(), capture_output=True, text=True,
+                          timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("early stop") == 1
+    assert mnist_entry.load_trained(root / "model")["mlp_baseline"].history.epoch == [1, 2]
 
 
 def test_mnist_entry_refuses_unknown_hyperparameters_and_a_missing_channel_in_the_failure_file(tmp_path, mnist_channel):
@@ -165,11 +190,6 @@ def test_mnist_entry_refuses_unknown_hyperparameters_and_a_missing_channel_in_th
 
 
 # ------------------------------------------------------------------- landmark scratch CNN
-
-from landmark_classifier.src import data as landmark_data  # noqa: E402
-from landmark_classifier.src import model as landmark_model  # noqa: E402
-from landmark_classifier.src import sagemaker_entry as landmark_entry  # noqa: E402
-from landmark_classifier.src import standin_photos, train as landmark_train  # noqa: E402
 
 # widths 16-32-64, not the tiny profile's 8-16-32: torch 2.15 on this machine aborts in LandmarkCNN's backward
 # pass with 8-channel stages at some batch sizes (17 and 19 images of 64 px; 16, 18, 20 and 24 pass)
@@ -214,7 +234,8 @@ def test_landmark_two_process_ddp_writes_one_model_with_the_right_shapes(tmp_pat
     torchrun = Path(sys.executable).with_name("torchrun")
     done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m",
                            "landmark_classifier.src.sagemaker_entry", "--root", str(root)], cwd=paths.REPO_ROOT,
-                          env={**entry_env(), "TMPDIR": str(tmp_path)}, capture_output=True, text=True, timeout=240)
+                          env={**entry_env(), "TMPDIR": str(tmp_path)}, capture_output=True, text=True, timeout=240,
+                          check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in (root / "model").iterdir()) == ["metrics.json", "scratch_cnn.pth", "training.json"]
     run = landmark_entry.load_trained(root / "model")
@@ -224,3 +245,15 @@ def test_landmark_two_process_ddp_writes_one_model_with_the_right_shapes(tmp_pat
     metrics = json.loads((root / "model" / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["epochs"] == 2
     assert len(list((root / "checkpoints").glob("scratch_*/last.pt"))) == 1
+
+
+def test_a_killed_landmark_job_resumes_with_the_uninterrupted_result(tmp_path, landmark_channel):
+    """BatchNorm, augmentation and the loader's shuffling resume too: the same weights to the bit."""
+    hps = {**LANDMARK_HPS, "epochs": 12}
+    env = {**entry_env(), "TMPDIR": str(tmp_path)}
+    whole, killed = (fake_opt_ml(tmp_path / name, landmark_channel, hps) for name in ("whole", "killed"))
+    run_job("landmark_classifier.src.sagemaker_entry", whole, env)
+    assert 1 <= killed_and_resumed("landmark_classifier.src.sagemaker_entry", killed, env) < 12
+    expected, result = (landmark_entry.load_trained(root / "model") for root in (whole, killed))
+    assert max_difference(result.model.state_dict(), expected.model.state_dict()) == 0.0
+    assert result.history.valid_accuracy == expected.history.valid_accuracy and result.resumed_epochs >= 1

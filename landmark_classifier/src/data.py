@@ -38,8 +38,8 @@ from tqdm.auto import tqdm
 from common import torchkit
 from common.container import Distributed
 from common.downloads import DownloadError, extract_zip, fetch
-from common.paths import display as shown_path
 from common.images import ImageError, load_image
+from common.paths import display as shown_path
 from landmark_classifier.src import standin_photos
 
 URL = "https://udacity-dlnfd.s3-us-west-1.amazonaws.com/datasets/landmark_images.zip"

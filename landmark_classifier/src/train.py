@@ -97,7 +97,8 @@ def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, device: t
 
 
 def fit(model: nn.Module, loaders: tuple[DataLoader, DataLoader], opt: Optimisation, *, device: torch.device,
-        checkpoint_dir: Path | None = None, resume: bool = False, desc: str = "epochs", mirror: bool = False) -> History:
+        checkpoint_dir: Path | None = None, resume: bool = False, desc: str = "epochs",
+        mirror: bool = False) -> History:
     """Train on `loaders` (train, valid) for `opt.epochs` epochs in all (a resumed run does only the
     remaining ones); `mirror` validates on the mean of the logits for each image and its mirror.
 
