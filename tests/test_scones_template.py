@@ -147,3 +147,75 @@ def test_checkov_finds_no_unexplained_failure(checkov_reports, framework, path):
         assert len(reason) > 20, f"{check['check_id']} on {check['resource']} is skipped without a reason"
     comments = re.findall(r"checkov:skip=(CKV2?_[A-Z]+_\d+):", path.read_text())
     assert {c["check_id"] for c in skipped} == set(comments)  # no skip for a check that does not apply
+
+
+# ---------------------------------------------------------------------------- endpoint auto scaling (issue 25)
+def _resolve(node, values: dict):
+    """The template's Ref/Sub of parameters, resolved with `values` (what CloudFormation hands the resource)."""
+    node = _plain(node)
+    if isinstance(node, dict) and "Ref" in node:
+        return values.get(node["Ref"], node["Ref"])  # a resource (ScalingTargetId) stays its logical id
+    if isinstance(node, dict) and "Fn::Sub" in node:
+        return re.sub(r"\$\{([^}]+)\}", lambda m: str(values[m.group(1)]), node["Fn::Sub"])
+    if isinstance(node, dict):
+        return {k: _resolve(v, values) for k, v in node.items()}
+    return node
+
+
+def test_each_scaled_variant_gets_a_target_tracking_policy_on_invocations_per_instance(template):
+    """Application Auto Scaling for SageMaker variants: namespace sagemaker, dimension
+    sagemaker:variant:DesiredInstanceCount, resource endpoint/<endpoint>/variant/<variant>, predefined metric
+    SageMakerVariantInvocationsPerInstance (endpoint-auto-scaling-add-code-apply.html); each pair only when
+    its ScaledVariant parameter names a variant, bounds, target and cooldowns from parameters."""
+    resources, conditions = template["Resources"], _plain(template["Conditions"])
+    for slot in ("1", "2"):
+        target, policy = resources[f"Variant{slot}ScalableTarget"], resources[f"Variant{slot}ScalingPolicy"]
+        assert target["Condition"] == policy["Condition"] == f"ScaleVariant{slot}"
+        assert conditions[f"ScaleVariant{slot}"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": f"ScaledVariant{slot}"}, ""]}]}
+        properties = _plain(target["Properties"])
+        assert (properties["ServiceNamespace"], properties["ScalableDimension"]) == (
+            "sagemaker", "sagemaker:variant:DesiredInstanceCount")
+        assert properties["ResourceId"] == {"Fn::Sub": f"endpoint/${{EndpointName}}/variant/${{ScaledVariant{slot}}}"}
+        assert "RoleARN" not in properties  # the service-linked role, created on first use
+        tracking = _plain(policy["Properties"])["TargetTrackingScalingPolicyConfiguration"]
+        assert tracking["PredefinedMetricSpecification"] == {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"}
+        assert {k: v["Ref"] for k, v in tracking.items() if isinstance(v, dict) and "Ref" in v} == {
+            "TargetValue": "InvocationsPerInstanceTarget", "ScaleInCooldown": "ScaleInCooldownSeconds",
+            "ScaleOutCooldown": "ScaleOutCooldownSeconds"}
+    from scones_workflow.src.aws.scaling import SLOTS
+
+    assert set(SLOTS) <= set(template["Parameters"])  # the parameters deploy switches
+
+
+def test_the_templates_scaling_resources_register_in_moto_application_autoscaling(template):
+    """What CloudFormation would send, resolved from the template and sent to moto's Application Auto Scaling
+    (which validates the namespace, dimension, resource id and policy shape; moto's CloudFormation does not model
+    these resource types)."""
+    import boto3
+    from moto import mock_aws
+
+    values = {"EndpointName": "scones-endpoint", "ScaledVariant1": "Primary", "ScaledVariant2": "Challenger",
+              "MinInstances": 1, "MaxInstances": 4, "InvocationsPerInstanceTarget": 7941, "ScaleInCooldownSeconds": 300,
+              "ScaleOutCooldownSeconds": 60, "AWS::StackName": "scones-workflow"}
+    with mock_aws():
+        scaling = boto3.client("application-autoscaling", region_name="us-east-1", aws_access_key_id="testing",
+                               aws_secret_access_key="testing")
+        for slot in ("1", "2"):
+            target = _resolve(template["Resources"][f"Variant{slot}ScalableTarget"]["Properties"], values)
+            scaling.register_scalable_target(**{k: int(v) if k.endswith("Capacity") else v for k, v in target.items()})
+            policy = _resolve(template["Resources"][f"Variant{slot}ScalingPolicy"]["Properties"], values)
+            tracking = policy["TargetTrackingScalingPolicyConfiguration"]
+            tracking.update(TargetValue=float(tracking["TargetValue"]), ScaleInCooldown=int(tracking["ScaleInCooldown"]),
+                            ScaleOutCooldown=int(tracking["ScaleOutCooldown"]))
+            scaling.put_scaling_policy(PolicyName=policy["PolicyName"], PolicyType=policy["PolicyType"],
+                                       ServiceNamespace=target["ServiceNamespace"], ResourceId=target["ResourceId"],
+                                       ScalableDimension=target["ScalableDimension"],
+                                       TargetTrackingScalingPolicyConfiguration=tracking)
+        targets = scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+        policies = scaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]
+    assert sorted(t["ResourceId"] for t in targets) == ["endpoint/scones-endpoint/variant/Challenger",
+                                                        "endpoint/scones-endpoint/variant/Primary"]
+    assert {(t["MinCapacity"], t["MaxCapacity"]) for t in targets} == {(1, 4)}
+    assert {p["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] for p in policies} == {7941.0}
+    assert {p["PolicyName"] for p in policies} == {"scones-workflow-Primary-invocations",
+                                                    "scones-workflow-Challenger-invocations"}
