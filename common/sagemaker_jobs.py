@@ -429,10 +429,16 @@ def notebook_settings(train_on: str, role_arn: str | None, bucket: str | None, i
     return SageMakerSettings(role_arn or "", bucket or "", Compute(instance_type, int(instance_count), spot=bool(spot)))
 
 
+# Where jobs' code folders and unpacked models are kept (git-ignored): outside reports/, whose folders
+# the runner may promote into the record.
+WORK_DIR = paths.REPO_ROOT / "sagemaker_jobs"
+
+
 def train_project(project: str, hyperparameters: Mapping[str, Any], train_folder: Path, settings: SageMakerSettings,
-                  work_dir: Path, *, stand_in: bool = False) -> TrainedModel:
+                  work_dir: Path = WORK_DIR, *, stand_in: bool = False) -> TrainedModel:
     """Train `project`'s entry point (`<project>.src.sagemaker_entry`) on SageMaker with `train_folder` as its
-    "train" channel; the caller then loads the model with that module's `load_trained(model_dir)`."""
+    "train" channel; the caller then loads the model with that module's `load_trained(model_dir)` (kept in
+    `work_dir`/<job name>/model)."""
     if stand_in:
         raise ValueError(f"TRAIN_ON='sagemaker' trains on the real dataset, and this run has only the offline "
                          f"stand-in ({paths.display(Path(train_folder))} lacks it): put the dataset there first")
