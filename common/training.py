@@ -124,13 +124,14 @@ def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, epoc
              generators: tuple[torch.Generator, ...] = ()) -> dict:
     """Everything a loop needs to continue after `epoch` as if it had never stopped: weights,
     optimizer and schedule, the history so far, and the random state (torch's global generator, which
-    dropout and the image transforms draw from, the CUDA ones, and the loop's own `generators`, which
-    shuffle and augment), so a resumed run gives the same weights as an uninterrupted one."""
+    dropout and the image transforms draw from, the current GPU's, and the loop's own `generators`, which
+    shuffle and augment), so a resumed run gives the same weights as an uninterrupted one (on the CPU; GPU
+    kernels need not be deterministic)."""
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "epoch": epoch, "history": history,
             "rng": {"torch": torch.get_rng_state(), "generators": [g.get_state() for g in generators],
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
+                    "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}}
 
 
 def restore(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
@@ -147,8 +148,8 @@ def restore(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, sch
     torch.set_rng_state(rng["torch"].cpu())
     for generator, saved in zip(generators, rng["generators"]):
         generator.set_state(saved.cpu())
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    if rng["cuda"] is not None and torch.cuda.is_available():  # the current device's (each process has one)
+        torch.cuda.set_rng_state(rng["cuda"].cpu())
 
 
 class Checkpoints:
