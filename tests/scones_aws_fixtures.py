@@ -57,7 +57,7 @@ def _delete_stack_resources(self: ResourceMap) -> None:
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 
 
-def push_image(session, media_type: str = DOCKER_MANIFEST, uri: str = None) -> str:
+def push_image(session, media_type: str = DOCKER_MANIFEST, uri: str | None = None) -> str:
     """IMAGE pushed to moto's ECR with a manifest of `media_type` (what `docker push` leaves there)."""
     uri = uri or IMAGE
     repository, tag = uri.split("/", 1)[1].split(":")
