@@ -435,16 +435,16 @@ WORK_DIR = paths.REPO_ROOT / "sagemaker_jobs"
 
 
 def train_project(project: str, hyperparameters: Mapping[str, Any], train_folder: Path, settings: SageMakerSettings,
-                  work_dir: Path = WORK_DIR, *, stand_in: bool = False) -> TrainedModel:
+                  work_dir: Path | None = None, *, stand_in: bool = False) -> TrainedModel:
     """Train `project`'s entry point (`<project>.src.sagemaker_entry`) on SageMaker with `train_folder` as its
     "train" channel; the caller then loads the model with that module's `load_trained(model_dir)` (kept in
-    `work_dir`/<job name>/model)."""
+    `work_dir`, default WORK_DIR, /<job name>/model)."""
     if stand_in:
         raise ValueError(f"TRAIN_ON='sagemaker' trains on the real dataset, and this run has only the offline "
                          f"stand-in ({paths.display(Path(train_folder))} lacks it): put the dataset there first")
     job = ScriptJob(project, f"{project}.src.sagemaker_entry", project.split("_")[0].lower(), hyperparameters,
                     {"train": Path(train_folder)}, requirements=pinned(IMAGE_LACKS))
-    return train_script(job, settings, work_dir)
+    return train_script(job, settings, work_dir or WORK_DIR)
 
 
 # What the entry points import (common.downloads, the progress bars, PeakMemory, the landmark metrics)

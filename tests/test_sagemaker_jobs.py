@@ -11,8 +11,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from botocore.stub import Stubber
 from common import paths
 from common import sagemaker_jobs as sj
 from tests.scones_aws_fixtures import REGION, ROLE, aws_session  # noqa: F401 (a fixture)
+from tests.sagemaker_harness import run_container
 from tests.service_model_check import Recorder, request_problems
 from tests.test_sagemaker_entry import MNIST_HPS, mnist_channel  # noqa: F401 (a fixture: real digits as IDX files)
 
@@ -145,34 +144,6 @@ def test_names_and_compute_are_checked_before_anything_is_sent():
 # ------------------------------------------------- end to end: moto, the contract, the launch script
 
 
-def _run_container(session, name: str, opt_ml: Path) -> str:
-    """Do what SageMaker does with the described job: copy every channel to <opt_ml>/input/data/<name>,
-    give the hyperparameters and hosts (here as the training toolkit's SM_* variables), run the
-    ContainerEntrypoint, and upload /opt/ml/model as model.tar.gz where the job's description says."""
-    described = session.client("sagemaker").describe_training_job(TrainingJobName=name)
-    s3 = session.client("s3")
-    env = {**os.environ, "SM_HPS": json.dumps(described["HyperParameters"]), "SM_HOSTS": '["localhost"]',
-           "SM_CURRENT_HOST": "localhost", "SM_MODEL_DIR": str(opt_ml / "model"), "OMP_NUM_THREADS": "1"}
-    for channel in described["InputDataConfig"]:
-        bucket, prefix = sj.split_s3(channel["DataSource"]["S3DataSource"]["S3Uri"])
-        local = opt_ml / "input" / "data" / channel["ChannelName"]
-        for obj in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]:
-            target = local / obj["Key"][len(prefix):]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, obj["Key"], str(target))
-        env[f"SM_CHANNEL_{channel['ChannelName'].upper()}"] = str(local)
-    entrypoint = [sys.executable] + [a.replace("/opt/ml", str(opt_ml)) for a in
-                                     described["AlgorithmSpecification"]["ContainerEntrypoint"][1:]]
-    done = subprocess.run(entrypoint, env=env, cwd=opt_ml, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    archive = opt_ml / "model.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(opt_ml / "model", arcname=".")
-    bucket, key = sj.split_s3(described["ModelArtifacts"]["S3ModelArtifacts"])
-    s3.upload_file(str(archive), bucket, key)
-    return done.stdout
-
-
 @pytest.mark.parametrize("processes", [1, 2], ids=["one process", "torchrun, two processes"])
 def test_a_job_runs_its_entry_point_from_the_code_channel_and_its_model_comes_back(
         aws_session, toy_repo, tmp_path, monkeypatch, processes):
@@ -186,7 +157,7 @@ def test_a_job_runs_its_entry_point_from_the_code_channel_and_its_model_comes_ba
 
     def start_and_run(spec, session):  # SageMaker runs the container between create and describe
         job = create(spec, session)
-        output.append(_run_container(session, spec.name, opt_ml))
+        output.append(run_container(session, spec.name, opt_ml))
         return job
 
     monkeypatch.setattr(sj, "start", start_and_run)
@@ -320,11 +291,11 @@ def test_the_mnist_entry_point_trains_from_its_packaged_source_and_loads_back(aw
 
     def start_and_run(spec, session):
         job = create(spec, session)
-        _run_container(session, spec.name, opt_ml)
+        run_container(session, spec.name, opt_ml, checkpoints=tmp_path / "checkpoints")
         return job
 
     monkeypatch.setattr(sj, "start", start_and_run)
-    hyperparameters = {**MNIST_HPS, "epochs": 1, "checkpoint_dir": str(tmp_path / "checkpoints")}
+    hyperparameters = {**MNIST_HPS, "epochs": 1}
     trained = sj.train_project("mnist_classifier", hyperparameters, mnist_channel, _settings(), tmp_path / "work")
     code = opt_ml / "input" / "data" / "code"
     assert (code / "requirements.txt").read_text().split() == list(sj.pinned(sj.IMAGE_LACKS))
