@@ -1056,3 +1056,16 @@ def test_the_deployer_policy_covers_what_cloudformation_does_for_each_resource_o
                 if a.endswith(":*") or a == "*"]
     passes = [s for s in policy["Statement"] if s["Action"] == "iam:PassRole"]
     assert passes and all("iam:PassedToService" in s["Condition"]["StringEquals"] for s in passes)
+
+
+def test_scaling_is_registered_again_when_a_failed_endpoint_is_replaced():
+    """A Failed endpoint is deleted and created again (and deleting an endpoint deregisters its variants), so
+    deploy must not keep the stack's registration through it: it deregisters, then registers on the new one."""
+    from scones_workflow.src.aws.endpoint import variant_fleets
+    from scones_workflow.src.aws.scaling import kept_during_update
+
+    failed = _endpoint("Failed", "old", "ping failed")
+    assert variant_fleets(None, failed) == {}  # no describe_endpoint_config call on a Failed endpoint
+    assert kept_during_update(("AllTraffic",), {}, {"AllTraffic": "ml.m5.xlarge"}) == ()
+    assert kept_during_update(("AllTraffic",), {"AllTraffic": "ml.m5.xlarge"}, {"AllTraffic": "ml.m5.xlarge"}) == (
+        "AllTraffic",)

@@ -60,8 +60,9 @@ def endpoint_config_request(name: str, variants: list[Variant], capture_s3: str,
 
 
 def variant_fleets(sm: Any, endpoint: dict | None) -> dict[str, str]:
-    """{variant: instance type, or "serverless"} of the config an endpoint serves now ({} if there is none)."""
-    if endpoint is None:
+    """{variant: instance type, or "serverless"} of the config an endpoint serves now; {} if there is none, or if
+    it is Failed (it will be deleted and created again, and deleting it deregisters its scaling)."""
+    if endpoint is None or endpoint["EndpointStatus"] == "Failed":
         return {}
     config = sm.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
     return {v["VariantName"]: v.get("InstanceType") or "serverless" for v in config["ProductionVariants"]}
