@@ -15,8 +15,8 @@ LOAD_TEST_KEY = "endpoint images per second (ONNX Runtime, concurrent clients)"
 
 # The built-in image classifier trains on GPUs only (P2/P3/G4dn/G5 in its "EC2 instance recommendation":
 # https://docs.aws.amazon.com/sagemaker/latest/dg/image-classification.html). ml.g4dn.xlarge is the smallest and
-# cheapest of them; ml.p3.2xlarge, the seed's, costs several times as much and new accounts often have a quota of 0
-# for it. deploy checks the account's quota before it starts (preflight.check_quota).
+# cheapest of them (one T4); ml.p3.2xlarge, the seed's (one V100), costs more per hour and new accounts often have a
+# quota of 0 for it. deploy checks the account's quota before it starts (preflight.check_quota).
 DEFAULT_TRAINING_INSTANCE = "ml.g4dn.xlarge"
 DEFAULT_ENDPOINT_INSTANCE = "ml.m5.xlarge"  # 4 vCPU, 16 GiB: the ONNX model serves on CPU (no torch in the image)
 
