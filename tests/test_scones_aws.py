@@ -922,7 +922,7 @@ def test_plans_say_everything_and_change_nothing(aws_session, onnx_model, tmp_pa
             {"ServiceCode": "AmazonSageMaker", "Filters": ANY})
         lines = deploy_plan(aws_session, container_config(onnx_model, tmp_path, variants=True), pricing)
     text = "\n".join(lines)
-    assert "Primary, Challenger, each 1 x ml.m5.xlarge ($0.2304/h on demand each)" in text
+    assert "Primary, Challenger, each 1 x ml.m5.xlarge ($0.2304/h on demand per instance)" in text
     assert "blue/green update from scones-endpoint-" in text and "stack scones-workflow: update" in text
     assert "auto scaling of AllTraffic: deregistered before the update" in text
     assert "at most 8 x ml.m5.xlarge" in text

@@ -41,7 +41,7 @@ def hourly_price(pricing: Any, instance_type: str, region: str, use: str) -> flo
 
 def _price(pricing: Any, instance_type: str, region: str, use: str) -> str:
     price = hourly_price(pricing, instance_type, region, use)
-    return f"${price:.4f}/h on demand" if price is not None else f"price: see {PRICING_PAGE}"
+    return f"${price:.4f}/h on demand per instance" if price is not None else f"price: see {PRICING_PAGE}"
 
 
 def deploy_plan(session: Any, config: DeployConfig, pricing: Any = None) -> list[str]:
@@ -69,7 +69,7 @@ def deploy_plan(session: Any, config: DeployConfig, pricing: Any = None) -> list
                      f"compute time, cold starts after idle; no data capture, no auto scaling)")
     else:
         lines.append(f"endpoint config: {', '.join(names)}, each {fleet.count} x {config.instance_type} "
-                     f"({_price(pricing, config.instance_type, region, 'Host')} each), 100% data capture")
+                     f"({_price(pricing, config.instance_type, region, 'Host')}), 100% data capture")
     lines.append(f"endpoint {config.endpoint_name}: " + ("create" if previous is None else
                  f"blue/green update from {previous['EndpointConfigName']} (both fleets run while traffic moves)"))
     scaled_now = scaled_variants(cfn, config.stack_name) if stack else ()
