@@ -1,12 +1,11 @@
 """Training on SageMaker: the one launcher every project uses, on the SageMaker SDK v3's core
 (`sagemaker.core.resources.TrainingJob` and its request shapes; imported lazily, only AWS runs need it).
 
-    settings = SageMakerSettings(role_arn, bucket, Compute("ml.g5.xlarge", instance_count=2, spot=True))
-    trained = train_script(ScriptJob("mnist_classifier", "mnist_classifier.src.sagemaker_entry", "mnist-cnn",
-                                     {"profile": "full"}, {"train": data_dir / "mnist"}), settings, dest)
-    model = sagemaker_entry.load_trained(trained.model_dir)
+    settings = notebook_settings("sagemaker", role_arn, bucket, "ml.g5.xlarge", instance_count=2, spot=True)
+    trained = train_project("mnist_classifier", {"profile": "full"}, data_dir / "mnist", settings)
+    models = sagemaker_entry.load_trained(trained.model_dir)   # what a local fit gives the notebook
 
-`train_script` packages the source (`common/` + the project's `src/` + `sagemaker_launch.py`, a generated
+`train_project` (`train_script` for any ScriptJob) packages the source (`common/` + the project's `src/` + `sagemaker_launch.py`, a generated
 script that runs the entry module, under torchrun when the job has several hosts or processes per host),
 uploads it and the local data folders, starts a job on SageMaker's PyTorch 2.14 training image
 (the newest; this repository pins 2.15 locally, so entry points use nothing 2.15-only), waits, and

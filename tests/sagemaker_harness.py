@@ -22,7 +22,8 @@ def run_container(session, name: str, opt_ml: Path, checkpoints: Path | None = N
     s3 = session.client("s3")
     hyperparameters = {**described["HyperParameters"], **({"checkpoint_dir": str(checkpoints)} if checkpoints else {})}
     env = {**os.environ, "SM_HPS": json.dumps(hyperparameters), "SM_HOSTS": '["localhost"]',
-           "SM_CURRENT_HOST": "localhost", "SM_MODEL_DIR": str(opt_ml / "model"), "OMP_NUM_THREADS": "1"}
+           "SM_CURRENT_HOST": "localhost", "SM_MODEL_DIR": str(opt_ml / "model"), "OMP_NUM_THREADS": "1",
+           "PIP_NO_INDEX": "1"}  # the job's pip install finds everything installed here: no network in tests
     for channel in described["InputDataConfig"]:
         bucket, prefix = sj.split_s3(channel["DataSource"]["S3DataSource"]["S3Uri"])
         local = opt_ml / "input" / "data" / channel["ChannelName"]
