@@ -23,7 +23,8 @@ from common import sagemaker_jobs as sj
 from tests.scones_aws_fixtures import REGION, ROLE, aws_session  # noqa: F401 (a fixture)
 from tests.sagemaker_harness import run_container
 from tests.service_model_check import Recorder, request_problems
-from tests.test_sagemaker_entry import MNIST_HPS, mnist_channel  # noqa: F401 (a fixture: real digits as IDX files)
+from tests.test_sagemaker_entry import (  # noqa: F401 (fixtures: real digits as IDX files, generated landmark photos)
+    LANDMARK_HPS, MNIST_HPS, landmark_channel, mnist_channel)
 
 BUCKET = "my-bucket"
 
@@ -315,3 +316,26 @@ def test_the_parameters_cell_chooses_where_to_train():
         sj.notebook_settings("SageMaker", ROLE, BUCKET, "ml.g5.xlarge")
     with pytest.raises(ValueError, match="needs SAGEMAKER_ROLE"):
         sj.notebook_settings("sagemaker", None, BUCKET, "ml.g5.xlarge")
+
+
+def test_the_landmark_entry_point_trains_from_its_packaged_source_and_loads_back(aws_session, tmp_path, monkeypatch,
+                                                                                 landmark_channel):
+    """As for MNIST: the landmark project packaged alone trains its scratch CNN in the job's container, and
+    `load_trained` gives the notebook the `train.ScratchRun` that `train.train_scratch` gives locally."""
+    from landmark_classifier.src import sagemaker_entry, train
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the job's decode cache
+    opt_ml, create = tmp_path / "opt_ml", sj.start
+
+    def start_and_run(spec, session):
+        job = create(spec, session)
+        run_container(session, spec.name, opt_ml, checkpoints=tmp_path / "checkpoints")
+        return job
+
+    monkeypatch.setattr(sj, "start", start_and_run)
+    trained = sj.train_project("landmark_classifier", {**LANDMARK_HPS, "epochs": 1}, landmark_channel, _settings(),
+                               tmp_path / "work")
+    run = sagemaker_entry.load_trained(trained.model_dir)
+    assert isinstance(run, train.ScratchRun) and not run.model.training and len(run.history.valid_accuracy) == 1
+    assert trained.job_name.startswith("landmark-")
+    assert not (opt_ml / "input" / "data" / "code" / "mnist_classifier").exists()
