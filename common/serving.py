@@ -83,6 +83,11 @@ class OnnxModel:
         """The model's first output for one input batch (dtype and layout as the metadata's 'input' says)."""
         return self.session.run(None, {self.input_name: batch})[0]
 
+    def run_all(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the model for one input batch, by output name."""
+        names = [output.name for output in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(None, {self.input_name: batch})))
+
 
 def session_options(threads: int = 1, spinning: bool = False) -> onnxruntime.SessionOptions:
     """`threads` intra-op threads, one inter-op thread.
@@ -152,14 +157,16 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: str | Path, *,
                 metadata: dict[str, Any], dynamic_hw: bool = False,
-                check_inputs: Sequence[torch.Tensor] = (), atol: float = 1e-4) -> Path:
+                check_inputs: Sequence[torch.Tensor] = (), atol: float = 1e-4,
+                output_names: Sequence[str] = ("output",)) -> Path:
     """Export `module` (eager, eval mode) to `path` with the dynamo exporter and verify it.
 
     The batch dimension is always dynamic; `dynamic_hw` makes height and width dynamic too (for
     models that take an image of any size and resize it themselves). `metadata` values are stored
-    JSON-encoded. The file is compared with the eager module on `example` and every tensor in
+    JSON-encoded. `output_names` names the module's outputs (one per tensor it returns, in order).
+    The file is compared with the eager module on `example` and every tensor in
     `check_inputs` (use several sizes and batch sizes): ExportMismatch if any output differs by
-    more than `atol`. Written atomically: a failed export leaves any previous file in place."""
+    more than `atol` (relative to the output's magnitude where that is above 1). Written atomically: a failed export leaves any previous file in place."""
     import onnx
     import torch
 
@@ -174,7 +181,7 @@ def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: str | Path
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracing chatter
         program = torch.onnx.export(module, (example,), dynamo=True, input_names=["input"],
-                                    output_names=["output"], dynamic_shapes=({k: v for k, v in dims.items()},),
+                                    output_names=list(output_names), dynamic_shapes=({k: v for k, v in dims.items()},),
                                     optimize=True, verbose=False, report=False)
     model = program.model_proto
     # The exporter records each node's Python stack trace (source paths of this machine); a
@@ -216,16 +223,19 @@ def _compare(path: str | Path, session: OnnxModel, module: torch.nn.Module, inpu
     worst = 0.0
     for x in inputs:
         with torch.no_grad():
-            expected = module(x).float().numpy()
-        got = session.run(x.numpy())
-        if got.shape != expected.shape:
-            raise ExportMismatch(f"{path}: output shape {got.shape} != eager {expected.shape} "
-                                 f"for input {tuple(x.shape)}")
-        diff = float(np.abs(got - expected).max()) if got.size else 0.0
-        if not diff <= atol:
-            raise ExportMismatch(f"{path}: output differs from the eager model by {diff:.3g} (> {atol:g}) "
-                                 f"for input {tuple(x.shape)} {x.dtype}")
-        worst = max(worst, diff)
+            eager = module(x)
+        eager = eager if isinstance(eager, (tuple, list)) else (eager,)
+        for (name, got), expected in zip(session.run_all(x.numpy()).items(), eager):
+            expected = expected.float().numpy()
+            if got.shape != expected.shape:
+                raise ExportMismatch(f"{path}: output {name!r} shape {got.shape} != eager {expected.shape} "
+                                     f"for input {tuple(x.shape)}")
+            # relative to the output's scale: a score in the thousands agrees to 1e-4 of itself
+            diff = float((np.abs(got - expected) / np.maximum(1.0, np.abs(expected))).max()) if got.size else 0.0
+            if not diff <= atol:
+                raise ExportMismatch(f"{path}: output {name!r} differs from the eager model by {diff:.3g} "
+                                     f"(> {atol:g}) for input {tuple(x.shape)} {x.dtype}")
+            worst = max(worst, diff)
     return worst
 
 

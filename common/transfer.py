@@ -107,8 +107,12 @@ class Classifier(nn.Module):
         super().__init__()
         self.trunk, self.top, self.dropout, self.head = trunk, top, nn.Dropout(dropout), head
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate features (what the head and the open-set scores read)."""
+        return self.top(self.trunk(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.top(self.trunk(x))))
+        return self.head(self.dropout(self.features(x)))
 
 
 def split(backbone: Backbone, top_blocks: int) -> tuple[LiteTrunk, LiteTop]:
@@ -151,6 +155,12 @@ class Activations:
     def subset(self, index: torch.Tensor | np.ndarray) -> Activations:
         index = torch.as_tensor(index)
         return Activations(self.plain[index], self.mirror[index], self.seconds, self.cached)
+
+    @staticmethod
+    def join(*parts: Activations) -> Activations:
+        """One set of the parts' images, in order (e.g. photos and their thumbnails)."""
+        return Activations(torch.cat([p.plain for p in parts]), torch.cat([p.mirror for p in parts]),
+                           round(sum(p.seconds for p in parts), 2), all(p.cached for p in parts))
 
 
 def image_key(image: np.ndarray | torch.Tensor) -> str:
@@ -341,6 +351,10 @@ class FinetuneConfig:
     drop_connect: bool = True
     mirror: bool = True        # validate on the mean of the image's and its mirror's logits (as served)
     seed: int = 0
+    # Outlier exposure (Hendrycks et al. 2019), used when `fit_top` is given outliers: each step adds
+    # this weight times the cross-entropy from the outliers' softmax to the uniform distribution, so
+    # images of no known class learn low confidence. 0.5 is the paper's weight.
+    outlier_weight: float = 0.5
 
 
 def _top_mode(top: nn.Module, config: FinetuneConfig) -> None:
@@ -351,8 +365,12 @@ def _top_mode(top: nn.Module, config: FinetuneConfig) -> None:
 
 
 def fit_top(top: LiteTop, head: nn.Linear, train: Activations, train_y: torch.Tensor, valid: Activations | None,
-            valid_y: torch.Tensor | None, config: FinetuneConfig) -> tuple[LiteTop, nn.Linear, History]:
+            valid_y: torch.Tensor | None, config: FinetuneConfig,
+            outliers: Activations | None = None) -> tuple[LiteTop, nn.Linear, History]:
     """Train copies of `top` and `head` on the cached activations of the images and their mirrors.
+
+    `outliers`: activations of images of no class (and their mirrors) for outlier exposure: each
+    step also draws half a batch of them (`config.outlier_weight`).
 
     With `valid`, returns the weights of the best epoch (`BestEpoch`) on served logits; without,
     the last epoch's (cross-validation folds). Reproducible: the batch order has its own generator,
@@ -360,12 +378,19 @@ def fit_top(top: LiteTop, head: nn.Linear, train: Activations, train_y: torch.Te
     state is left as it was)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return _fit_top(copy.deepcopy(top), copy.deepcopy(head), train, train_y, valid, valid_y, config)
+        return _fit_top(copy.deepcopy(top), copy.deepcopy(head), train, train_y, valid, valid_y, config, outliers)
+
+
+def _uniform_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy from softmax(logits) to the uniform distribution (outlier exposure's term)."""
+    return -F.log_softmax(logits, dim=1).mean()
 
 
 def _fit_top(top: LiteTop, head: nn.Linear, train: Activations, train_y: torch.Tensor, valid: Activations | None,
-             valid_y: torch.Tensor | None, config: FinetuneConfig) -> tuple[LiteTop, nn.Linear, History]:
+             valid_y: torch.Tensor | None, config: FinetuneConfig,
+             outliers: Activations | None) -> tuple[LiteTop, nn.Linear, History]:
     both = nn.ModuleList([top.to(memory_format=torch.channels_last), head])
+    extra = None if outliers is None or not len(outliers) else outliers.both()
     for p in both.parameters():
         p.requires_grad_(True)
     inputs, labels = train.both(), torch.cat([train_y, train_y])
@@ -384,6 +409,9 @@ def _fit_top(top: LiteTop, head: nn.Linear, train: Activations, train_y: torch.T
             index = order[start:start + config.batch_size]
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(head(dropout(top(_fast(inputs[index].float())))), labels[index])
+            if extra is not None:
+                drawn = torch.randint(len(extra), (max(1, len(index) // 2),), generator=generator)
+                loss = loss + config.outlier_weight * _uniform_loss(head(dropout(top(_fast(extra[drawn].float())))))
             loss.backward()
             optimizer.step()
             history.lr.append(optimizer.param_groups[0]["lr"])

@@ -47,13 +47,17 @@ def test_onnx_and_torchscript_equal_eager_at_any_size(tiny_export):
     for shape in sizes:
         x = torch.randint(0, 256, shape, dtype=torch.uint8)
         with torch.no_grad():
-            expected = eager(x).numpy()
-            from_script = scripted(x).numpy()
-        from_onnx = session.run(x.numpy())
+            expected, expected_score = (t.numpy() for t in eager(x))
+            from_script, script_score = (t.numpy() for t in scripted(x))
+        outputs = session.run_all(x.numpy())
+        from_onnx = outputs["probabilities"]
         assert from_onnx.shape == (shape[0], CLASSES), shape
         assert np.allclose(from_onnx, expected, atol=1e-4), shape
         assert np.allclose(from_script, expected, atol=1e-5), shape
         assert np.allclose(from_onnx.sum(1), 1, atol=1e-5)
+        # a closed-set export's known score is the top probability (its rule accepts every photo)
+        assert np.allclose(outputs["known_score"], from_onnx.max(1), atol=1e-5), shape
+        assert np.allclose(script_score, expected_score, atol=1e-5), shape
 
 
 def test_metadata_carries_what_a_predictor_needs(tiny_export, tiny_dataset):
@@ -69,7 +73,7 @@ def test_the_mirror_average_is_what_the_file_computes(tiny_export):
     eager = tiny_export.eager
     with torch.no_grad():
         crops = eager.preprocess(x)
-        expected = torch.softmax((eager.model(crops) + eager.model(crops.flip(3))) / 2, 1).numpy()
+        expected = torch.softmax((eager.features(crops) + eager.features(crops.flip(3))) / 2, 1).numpy()
     assert np.allclose(load_onnx(tiny_export.onnx_path).run(x.numpy()), expected, atol=1e-4)
 
 

@@ -1,10 +1,12 @@
 """Export a trained landmark model as the deployable predictor: one ONNX file (served) and one
 TorchScript file (the seed's format), each carrying its own preprocessing.
 
-`ServingModel` is what both files contain: a uint8 `N x 3 x H x W` RGB batch of any size in,
-class probabilities out. Inside: resize the short side to `resize_size` (bilinear, antialiased),
-centre-crop `crop_size`, normalise, the model, optionally the mean of the model's logits for
-the image and its mirror (what validation measured; `mirror=True`), softmax.
+`ServingModel` is what both files contain: a uint8 `N x 3 x H x W` RGB batch of any size in;
+out, two tensors: `probabilities` (N x classes, calibrated by the temperature) and `known_score`
+(N: how much the photo looks like one of the known classes; below the file's threshold the answer is
+"no known landmark", see `OpenSetRule`). Inside: resize the short side to `resize_size` (bilinear,
+antialiased), centre-crop `crop_size`, normalise, the model's features, optionally averaged over
+the image and its mirror (what validation measured; `mirror=True`), the head, softmax(logits / T).
 
 The resize arithmetic uses integer operations only (`//`, `%`, `*`): torch.export keeps them
 symbolic, so the ONNX graph computes each image's size, while Python float arithmetic
@@ -58,14 +60,89 @@ class Preprocessing:
             raise ValueError(f"crop_size {self.crop_size} is larger than resize_size {self.resize_size}")
 
 
-class ServingModel(nn.Module):
-    """uint8 N x 3 x H x W (any H, W >= 2) -> N x classes probabilities."""
+OPEN_SET_METHODS = ("msp", "energy", "mahalanobis")
 
-    def __init__(self, model: nn.Module, preprocessing: Preprocessing, class_names: list[str]) -> None:
+
+@dataclass(frozen=True)
+class OpenSetRule:
+    """How the served model says "no known landmark": `known_score` below `threshold` (see
+    `openset.py` for the methods and how the threshold is chosen). `temperature` divides the
+    logits before the softmax (calibration). The default accepts every photo (a closed-set model)."""
+    method: str = "msp"  # "msp": top calibrated probability; "energy": T logsumexp(logits / T); "mahalanobis"
+    temperature: float = 1.0
+    threshold: float = 0.0
+    means: torch.Tensor | None = None      # mahalanobis: class means of the features (classes x features)
+    precision: torch.Tensor | None = None  # mahalanobis: the shared inverse covariance
+    note: dict[str, Any] = field(default_factory=dict)  # what the choice was measured on (the file's metadata)
+
+    def __post_init__(self) -> None:
+        if self.method not in OPEN_SET_METHODS:
+            raise ValueError(f"open-set method must be one of {', '.join(OPEN_SET_METHODS)}, got {self.method!r}")
+        if self.method == "mahalanobis" and (self.means is None or self.precision is None):
+            raise ValueError("the mahalanobis rule needs the class means and the precision matrix")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+
+    def metadata(self) -> dict[str, Any]:
+        return {"method": self.method, "temperature": round(self.temperature, 6), "threshold": float(self.threshold),
+                "known_if": "known_score >= threshold", **self.note}
+
+
+class KnownScore(nn.Module):
+    """(features, logits) -> N scores, higher = more like a known class (scriptable)."""
+
+    def __init__(self, rule: OpenSetRule) -> None:
+        super().__init__()
+        self.method, self.temperature = rule.method, float(rule.temperature)
+        means = rule.means if rule.means is not None else torch.zeros(0, 0)
+        precision = rule.precision if rule.precision is not None else torch.zeros(0, 0)
+        self.register_buffer("means", torch.as_tensor(means, dtype=torch.float32))
+        self.register_buffer("precision", torch.as_tensor(precision, dtype=torch.float32))
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if self.method == "mahalanobis":
+            gaps = features[:, None, :] - self.means[None]  # N x classes x features
+            distances = ((gaps @ self.precision) * gaps).sum(2)
+            return -distances.min(1).values
+        if self.method == "energy":
+            return self.temperature * torch.logsumexp(logits / self.temperature, 1)
+        return torch.softmax(logits / self.temperature, 1).max(1).values
+
+
+class _Features(nn.Module):
+    """A `common.transfer.Classifier`'s penultimate features (the part before its head)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.features(x)
+
+
+def split_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(features, head) of a model with `features()` and a linear `head` (the transfer Classifier);
+    any other model is all features, its logits, with an identity head."""
+    if hasattr(model, "features") and isinstance(getattr(model, "head", None), nn.Linear):
+        return _Features(model), model.head
+    return model, nn.Identity()
+
+
+class ServingModel(nn.Module):
+    """uint8 N x 3 x H x W (any H, W >= 2) -> (N x classes probabilities, N known scores)."""
+
+    def __init__(self, model: nn.Module, preprocessing: Preprocessing, class_names: list[str],
+                 rule: OpenSetRule | None = None, *, head: nn.Module | None = None) -> None:
+        """`model`: the whole model (split by `split_head`), or with `head` given, its features part."""
         super().__init__()
         if len(class_names) < 2:
             raise ValueError(f"need at least 2 class names, got {class_names}")
-        self.model = model
+        rule = rule or OpenSetRule()
+        if rule.method == "mahalanobis" and head is None and isinstance(split_head(model)[1], nn.Identity):
+            raise ValueError("the mahalanobis rule needs a model with features() and a linear head")
+        self.features, self.head = (model, head) if head is not None else split_head(model)
+        self.score = KnownScore(rule)
+        self.temperature = float(rule.temperature)
         self.class_names = list(class_names)  # TorchScript users read them from the .pt file
         self.resize_size = preprocessing.resize_size
         self.crop_size = preprocessing.crop_size
@@ -84,15 +161,16 @@ class ServingModel(nn.Module):
         x = x[:, :, top:top + self.crop_size, left:left + self.crop_size]
         return (x - self.mean) / self.std
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.preprocess(x)
-        if self.mirror:
+        if self.mirror:  # the head is linear (or the identity): mean features give the mean logits
             count = x.shape[0]
-            logits = self.model(torch.cat([x, x.flip(3)]))
-            logits = (logits[:count] + logits[count:]) / 2
+            features = self.features(torch.cat([x, x.flip(3)]))
+            features = (features[:count] + features[count:]) / 2
         else:
-            logits = self.model(x)
-        return torch.softmax(logits, dim=1)
+            features = self.features(x)
+        logits = self.head(features)
+        return torch.softmax(logits / self.temperature, dim=1), self.score(features, logits)
 
 
 def check_inputs(seed: int = 0) -> list[torch.Tensor]:
@@ -114,8 +192,8 @@ class Exported:
 
 
 def _scriptable(model: nn.Module, crop_size: int) -> tuple[nn.Module, str]:
-    """The model as TorchScript: scripted when it can be, else traced at the fixed crop size
-    (EfficientNet-Lite's code is not scriptable; after the crop its input size never changes)."""
+    """The model (its features part) as TorchScript: scripted when it can be, else traced at the
+    fixed crop size (EfficientNet-Lite's code is not scriptable; after the crop its input size never changes)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -135,14 +213,17 @@ class ModelCard:
 
 
 def export_predictor(model: nn.Module, preprocessing: Preprocessing, card: ModelCard, folder: Path, *,
-                     extra_checks: list[torch.Tensor] = (), stem: str = "landmark_predictor") -> Exported:
+                     extra_checks: list[torch.Tensor] = (), stem: str = "landmark_predictor",
+                     rule: OpenSetRule | None = None) -> Exported:
     """Write `folder/stem.onnx` and `folder/stem.pt`, each checked against the eager model.
 
     The ONNX file is verified by `common.serving.export_onnx` on `check_inputs()` plus
-    `extra_checks` (e.g. real test photos); its metadata carries what a predictor needs."""
+    `extra_checks` (e.g. real test photos); its metadata carries what a predictor needs, the
+    open-set `rule` (default: accept every photo) included."""
     class_names = card.class_names
+    rule = rule or OpenSetRule()
     model = model.cpu().eval().to(memory_format=torch.contiguous_format)
-    serving = ServingModel(model, preprocessing, class_names).eval()
+    serving = ServingModel(model, preprocessing, class_names, rule).eval()
     metadata = {
         "class_names": list(class_names),
         "display_names": list(card.display_names or class_names),
@@ -152,16 +233,19 @@ def export_predictor(model: nn.Module, preprocessing: Preprocessing, card: Model
         "resize_size": preprocessing.resize_size,
         "crop_size": preprocessing.crop_size,
         "mirror_average": preprocessing.mirror,
-        "output": "probabilities N x classes (softmax), columns in class_names order",
+        "output": "probabilities: N x classes (softmax of logits / temperature), columns in class_names order; "
+                  "known_score: N (no known landmark where below open_set.threshold)",
+        "open_set": rule.metadata(),
         "model_name": card.model_name,
         "training_run": {"exported_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **card.training_run},
     }
     folder = Path(folder)
     example = torch.randint(0, 256, (1, 3, 300, 400), dtype=torch.uint8)
     onnx_path = export_onnx(serving, example, folder / f"{stem}.onnx", metadata=metadata, dynamic_hw=True,
-                            check_inputs=[*check_inputs(), *extra_checks], atol=1e-4)
-    inner, how = _scriptable(model, preprocessing.crop_size)
-    scripted = ServingModel(inner, preprocessing, class_names).eval()
+                            check_inputs=[*check_inputs(), *extra_checks], atol=1e-4,
+                            output_names=("probabilities", "known_score"))
+    inner, how = _scriptable(serving.features, preprocessing.crop_size)
+    scripted = ServingModel(inner, preprocessing, class_names, rule, head=serving.head).eval()
     torchscript_path, _ = save_torchscript(scripted, folder / f"{stem}.pt", example)
     sizes = {p: p.stat().st_size / 2**20 for p in (onnx_path, torchscript_path)}
     for path, size in sizes.items():

@@ -3,18 +3,22 @@
 The committed file `landmark_classifier/models/landmark_predictor.onnx` (written by
 transfer_learning.ipynb's run of record, see `export.py`) is the whole model: it takes a uint8
 N x 3 x H x W RGB batch of any size, resizes, crops and normalises inside the graph, and returns
-class probabilities; its metadata names the classes, the input contract, the normalisation, the
-model and the run that trained it. Decoding stays here (`common.images.load_image`: EXIF
+calibrated class probabilities and a known score; its metadata names the classes, the input
+contract, the normalisation, the open-set rule (below its threshold a photo shows "no known
+landmark"), the model and the run that trained it. Decoding stays here (`common.images.load_image`: EXIF
 rotation, transparency, 16-bit, CMYK, ... and a clear error naming any file that is not an image).
 
-CLI: `python -m landmark_classifier.src.predictor IMAGE ... [--model FILE.onnx] [-k 5]` prints the
-top-k landmarks of each image; an unreadable image prints an error naming it (exit code 1); a
-missing or broken model file exits with code 2.
+CLI: `python -m landmark_classifier.src.predictor IMAGE ... [--model FILE.onnx] [-k 5] [--json]`
+prints each image's landmark, or "no known landmark", with the top-k guesses; `--json` prints one
+JSON object per line (`{"file", "landmark", "confidence", "top"}`; `{"file", "error"}` for an
+unreadable image). An unreadable image exits with code 1, a missing or broken model file with 2.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +72,48 @@ def probabilities(model: OnnxModel, image: Any, name: str | None = None) -> np.n
     return model.run(to_array(image, name)[None])[0]
 
 
+NO_LANDMARK = "no known landmark"
+
+
+@dataclass
+class Prediction:
+    """One photo's answer: a known landmark (display name), or None for "no known landmark".
+
+    `confidence` is the calibrated probability of the best guess among the known landmarks;
+    `known_score` is the open-set score the file's threshold was applied to."""
+    landmark: str | None
+    confidence: float
+    top: list[tuple[str, float]]  # (display name, probability), most likely first
+    known_score: float
+    threshold: float
+
+    def as_json(self, file: str) -> dict[str, Any]:
+        return {"file": file, "landmark": self.landmark, "confidence": round(self.confidence, 4),
+                "top": [[label, round(p, 4)] for label, p in self.top]}
+
+
+def open_set_rule(model: OnnxModel) -> dict[str, Any]:
+    """The file's open-set rule; a file without one (an older, closed-set export) accepts every photo."""
+    return model.metadata.get("open_set") or {"method": "msp", "temperature": 1.0, "threshold": 0.0}
+
+
+def predict(model: OnnxModel, image: Any, k: int = 5, name: str | None = None) -> Prediction:
+    """The landmark in one image, or "no known landmark" (None) when its known score is below the
+    file's threshold, with the k best guesses either way."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    outputs = model.run_all(to_array(image, name)[None])
+    scores = next(iter(outputs.values()))[0]  # the first output: the probabilities
+    known = outputs.get("known_score")
+    known_score = float(known[0]) if known is not None else float(scores.max())
+    threshold = float(open_set_rule(model)["threshold"])
+    shown = display_names(model)
+    order = np.argsort(-scores, kind="stable")[:k]
+    top = [(shown[i], float(scores[i])) for i in order]
+    landmark = top[0][0] if known_score >= threshold else None
+    return Prediction(landmark, top[0][1], top, known_score, threshold)
+
+
 def top_k(model: OnnxModel, image: Any, k: int = 5, name: str | None = None) -> list[tuple[str, float]]:
     """The k most likely classes as (class folder name, probability), most likely first."""
     if k < 1:
@@ -81,12 +127,17 @@ def top_k(model: OnnxModel, image: Any, k: int = 5, name: str | None = None) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m landmark_classifier.src.predictor",
-        description="Top-k landmarks of each image, from the exported ONNX predictor (ONNX Runtime, CPU).")
+        description="The landmark in each image, or 'no known landmark' when it shows none of the landmarks the "
+                    "model knows, with its top-k guesses and calibrated probabilities, from the exported ONNX "
+                    "predictor (ONNX Runtime, CPU).")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ... any size)")
     parser.add_argument("--model", default=str(DEFAULT_MODEL),
                         help="exported predictor, an .onnx file (default: the committed %(default)s)")
     parser.add_argument("-k", type=int, default=5, help="how many landmarks to list (default: 5)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default: 1)")
+    parser.add_argument("--json", action="store_true",
+                        help='one JSON object per line: {"file", "landmark" (null: no known landmark), "confidence", '
+                             '"top": [[name, probability], ...]}; {"file", "error"} for an unreadable image')
     args = parser.parse_args(argv)
     if args.k < 1:
         parser.error(f"-k must be at least 1, got {args.k}")
@@ -95,18 +146,24 @@ def main(argv: list[str] | None = None) -> int:
     except ModelFileError as err:
         print(f"error: cannot load the predictor: {err}", file=sys.stderr)
         return 2
-    shown = dict(zip(model.class_names, display_names(model)))
     failed = 0
     for image in args.images:
         try:
-            ranked = top_k(model, image, args.k, name=image)
+            answer = predict(model, image, args.k, name=image)
         except ImageError as err:
-            print(f"error: {err}", file=sys.stderr)
             failed += 1
+            if args.json:
+                print(json.dumps({"file": image, "error": str(err)}), flush=True)
+            else:
+                print(f"error: {err}", file=sys.stderr)
             continue
-        print(image)
-        for rank, (label, probability) in enumerate(ranked, 1):
-            print(f"  {rank}. {shown[label]:<40s} {probability:6.1%}")
+        if args.json:
+            print(json.dumps(answer.as_json(image)), flush=True)
+            continue
+        print(f"{image}: {answer.landmark or NO_LANDMARK}" +
+              (f" ({answer.confidence:.1%})" if answer.landmark else "; best guesses:"))
+        for rank, (label, probability) in enumerate(answer.top, 1):
+            print(f"  {rank}. {label:<40s} {probability:6.1%}")
     return 1 if failed else 0
 
 

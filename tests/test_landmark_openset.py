@@ -1,0 +1,153 @@
+"""Open set: calibration, the scores, the held-out-class protocol, and the exported rule that says
+"no known landmark" (ONNX file = eager, the predictor's answer, the CLI's --json)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from common.serving import load_onnx, read_metadata
+from common.transfer import Activations, Classifier, FinetuneConfig
+from landmark_classifier.src import export, openset, predictor
+from tests.landmark_fixtures import tiny_dataset  # noqa: F401
+
+
+def test_temperature_scaling_recovers_an_overconfident_models_temperature():
+    generator = torch.Generator().manual_seed(0)
+    calibrated = torch.randn(4000, 5, generator=generator) * 2
+    labels = torch.multinomial(torch.softmax(calibrated, 1), 1, generator=generator).flatten()
+    assert openset.fit_temperature(calibrated * 3, labels) == pytest.approx(3, rel=0.1)
+    before = openset.calibration(torch.softmax(calibrated * 3, 1).numpy(), labels.numpy())
+    after = openset.calibration(torch.softmax(calibrated, 1).numpy(), labels.numpy())
+    assert before["ece"] > 0.1 > 0.03 > after["ece"]
+    assert sum(row["photos"] for row in after["bins"]) == 4000
+
+
+def test_separation_and_the_feature_scores_rank_known_photos_first():
+    rng = np.random.default_rng(0)
+    assert openset.separation(np.array([2.0, 3, 4]), np.array([0.0, 1])) == {"auroc": 1.0, "fpr_at_tpr": 0.0}
+    assert openset.separation(np.arange(100.0), np.array([50.0]), tpr=0.95)["fpr_at_tpr"] == 1.0
+    centres = torch.tensor([[5.0, 0, 0, 0], [0, 5.0, 0, 0]])
+    labels = torch.arange(200) % 2
+    features = centres[labels] + torch.from_numpy(rng.normal(size=(200, 4))).float()
+    near = centres[torch.tensor([0, 1])] + 0.1
+    far = torch.tensor([[0.0, 0, 6, 0], [0, 0, 0, -6]])
+    for score in (openset.Mahalanobis(features, labels), openset.KNN(features, k=5)):
+        assert score(near).min() > score(far).max()
+
+
+def test_thumbnails_keep_the_size_and_lose_the_detail():
+    images = torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8)
+    small = openset.thumbnails(images, 24)
+    assert small.shape == images.shape and small.dtype == torch.uint8
+    detail = lambda x: x.float().diff(dim=3).abs().mean()  # noqa: E731
+    assert detail(small) < detail(images) / 3
+
+
+def test_rotations_hold_out_each_class_once():
+    groups = openset.rotations(12, openset.OpenSetConfig())
+    assert len(groups) == 4 and sorted(c for g in groups for c in g) == list(range(12))
+
+
+def _clusters(classes: int, per_class: int, seed: int, shift: float = 0.0) -> tuple[Activations, torch.Tensor]:
+    """Fake trunk activations (N x 4 x 2 x 2): one cluster per class."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, 4, 2, 2, generator=torch.Generator().manual_seed(99)) * 3
+    labels = torch.arange(classes * per_class) % classes
+    plain = centres[labels] + torch.randn(len(labels), 4, 2, 2, generator=generator) + shift
+    return Activations(plain.half(), plain.flip(3).half()), labels
+
+
+def _known(classes, per_class, seed) -> openset.Known:
+    acts, labels = _clusters(classes, per_class, seed)
+    thumbs = Activations((acts.plain.float() * 0.8).half(), (acts.mirror.float() * 0.8).half())
+    return openset.Known(acts, thumbs, labels)
+
+
+def _top() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(4, 8, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def test_the_protocol_scores_every_method_on_every_rotation():
+    torch.manual_seed(0)
+    photos = openset.Photos(_known(4, 12, 1), _known(4, 6, 2), _known(4, 6, 3),
+                            outliers=_clusters(1, 30, 4, shift=8.0)[0],
+                            non_landmarks={"far": _clusters(1, 10, 5, shift=-8.0)[0]})
+    config = openset.OpenSetConfig(heldout=1, rotations=2, knn_k=3)
+    rows = openset.heldout_protocol(_top(), photos, FinetuneConfig(epochs=2, lr=1e-2, batch_size=16), config)
+    assert len(rows) == 2 * len(openset.METHODS)
+    assert {r["method"] for r in rows} == set(openset.METHODS)
+    for row in rows:
+        assert 0 <= row["validation"]["auroc"] <= 1 and 0 <= row["turned away: far"] <= 1
+        assert 0 <= row["known photos kept"] <= 1 and 0 <= row["closed-set accuracy"] <= 1
+    table = openset.summarise(rows)
+    assert [r["method"] for r in table] == list(openset.METHODS)
+    assert openset.choose(table)["validation fpr_at_tpr"] == min(r["validation fpr_at_tpr"] for r in table)
+
+
+def test_outlier_exposure_lowers_the_confidence_on_outliers():
+    torch.manual_seed(0)
+    train, valid = _known(3, 20, 1), _known(3, 8, 2)
+    outliers = _clusters(1, 40, 4, shift=4.0)[0]
+    tune, config = FinetuneConfig(epochs=6, lr=1e-2, batch_size=16, outlier_weight=1.0), openset.OpenSetConfig(knn_k=3)
+    plain = openset.fit_model(_top(), train, valid, tune, config)
+    exposed = openset.fit_model(_top(), train, valid, tune, config, outliers=outliers)
+    mean_msp = lambda m: m.scores(outliers, "msp")[0].mean()  # noqa: E731
+    assert mean_msp(exposed) < mean_msp(plain)
+
+
+# ----------------------------------------------------------------- the rule in the exported file
+
+def _classifier(classes: int = 3) -> Classifier:
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU())
+    top = nn.Sequential(nn.Conv2d(4, 6, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return Classifier(trunk, top, nn.Linear(6, classes)).eval()
+
+
+@pytest.mark.parametrize("method", export.OPEN_SET_METHODS)
+def test_the_exported_rule_equals_eager_and_decides(method, tiny_dataset, tmp_path, capsys):
+    model = _classifier()
+    means, precision = (torch.randn(3, 6), torch.eye(6)) if method == "mahalanobis" else (None, None)
+    preprocessing = export.Preprocessing(40, 32, (0.5,) * 3, (0.25,) * 3, mirror=True)
+    card = export.ModelCard(tiny_dataset.class_names, "toy", {}, tiny_dataset.display_names)
+    x = torch.randint(0, 256, (2, 3, 50, 70), dtype=torch.uint8)
+    probe = export.ServingModel(model, preprocessing, card.class_names,
+                                export.OpenSetRule(method, 0.5, 0.0, means, precision))
+    with torch.no_grad():
+        probabilities, score = probe(x)
+    threshold = float(score.max()) + 1.0  # above every score: every photo is "no known landmark"
+    rule = export.OpenSetRule(method, 0.5, threshold, means, precision, note={"tpr": 0.95})
+    exported = export.export_predictor(model, preprocessing, card, tmp_path, rule=rule, stem=f"toy_{method}")
+    outputs = load_onnx(exported.onnx_path).run_all(x.numpy())
+    assert np.allclose(outputs["probabilities"], probabilities.numpy(), atol=1e-4)
+    assert np.allclose(outputs["known_score"], score.numpy(), rtol=1e-4, atol=1e-4)
+    assert read_metadata(exported.onnx_path)["open_set"] == {"method": method, "temperature": 0.5,
+                                                             "threshold": threshold, "known_if": "known_score >= threshold",
+                                                             "tpr": 0.95}
+    photo = next((tiny_dataset.root / "test").rglob("*.jpg"))
+    served = predictor.load(exported.onnx_path)
+    answer = predictor.predict(served, photo, k=2)
+    assert answer.landmark is None and answer.known_score < answer.threshold == threshold
+    assert len(answer.top) == 2 and answer.top[0][1] == answer.confidence
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    assert predictor.main([str(photo), str(bad), "--model", str(exported.onnx_path), "--json", "-k", "2"]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0] == {"file": str(photo), "landmark": None, "confidence": round(answer.confidence, 4),
+                        "top": [[name, round(p, 4)] for name, p in answer.top]}
+    assert lines[1]["file"] == str(bad) and "not an image" in lines[1]["error"]
+
+
+def test_a_photo_above_the_threshold_is_named(tiny_dataset, tmp_path, capsys):
+    card = export.ModelCard(tiny_dataset.class_names, "toy", {}, tiny_dataset.display_names)
+    exported = export.export_predictor(_classifier(), export.Preprocessing(40, 32, (0.5,) * 3, (0.25,) * 3), card,
+                                       tmp_path, rule=export.OpenSetRule("msp", 2.0, 0.0))
+    photo = next((tiny_dataset.root / "test").rglob("*.jpg"))
+    answer = predictor.predict(predictor.load(exported.onnx_path), photo)
+    assert answer.landmark == answer.top[0][0] in tiny_dataset.display_names
+    assert predictor.main([str(photo), "--model", str(exported.onnx_path)]) == 0
+    assert f"{photo}: {answer.landmark} (" in capsys.readouterr().out
