@@ -142,7 +142,7 @@ def test_the_app_decodes_big_jpegs_smaller_when_the_model_says_its_size(tmp_path
 
 def test_an_unexpected_failure_is_a_message_too(model_path, monkeypatch):
     landmark_app = app.LandmarkApp(model_path)
-    monkeypatch.setattr(landmark_app.model, "run", lambda batch: 1 / 0)
+    monkeypatch.setattr(landmark_app.model, "run_all", lambda batch: 1 / 0)
     result = landmark_app.classify(jpeg(), "x.jpg")
     assert result.error == "Cannot classify x.jpg: unexpected error (ZeroDivisionError: division by zero)"
 
@@ -267,3 +267,16 @@ def test_one_command_serves_the_page_and_prints_its_url(model_path):
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
             launcher.wait()
+
+
+def test_a_photo_of_no_known_landmark_says_so_with_the_guesses_greyed(tmp_path):
+    # a file whose open-set threshold is above every score: each photo shows "no known landmark"
+    rule = {"method": "msp", "temperature": 1.0, "threshold": 1.01, "known_if": "known_score >= threshold"}
+    landmark_app = app.LandmarkApp(write_model(tmp_path / "strict.onnx", extra={"open_set": rule}))
+    result = landmark_app.classify(jpeg(), "cat.jpg")
+    assert not result.error and result.landmark is None and len(result.top) == 5
+    shown = card_html(result.card)
+    assert "cat.jpg</b>: <span class='lm-none'>none of the 7 landmarks I know</span>" in shown
+    assert "lm-guesses" in shown and "Best guesses" in shown and "Top 5 landmarks" not in shown
+    named = app.LandmarkApp(write_model(tmp_path / "open.onnx")).classify(jpeg(), "x.jpg")
+    assert named.landmark == named.top[0][0] and "lm-guesses" not in card_html(named.card)

@@ -1,4 +1,5 @@
-"""The landmark app: upload photos, see each one with its five most likely landmarks.
+"""The landmark app: upload photos, see each one's landmark, or "none of the landmarks I know",
+with its five most likely landmarks.
 
 `app.ipynb` only calls `page()`; `make app` serves that notebook as a web page with Voila
 (`python -m landmark_classifier.src.app --help`). The app runs the committed ONNX predictor with
@@ -95,9 +96,10 @@ def _percent(p: float) -> str:
     return "<0.1%" if p < 0.0005 else f"{p:.1%}"
 
 
-def top_k_html(top: list[tuple[str, float]], names: dict[str, str] | None = None) -> str:
+def top_k_html(top: list[tuple[str, float]], names: dict[str, str] | None = None, *, guesses: bool = False) -> str:
     """The top-k as text, one row per landmark with its percentage and a bar of that length.
-    `names` maps class names to what the page shows (default: `display_name`)."""
+    `names` maps class names to what the page shows (default: `display_name`); `guesses=True`
+    greys them out (the photo shows none of the landmarks the model knows)."""
     names = names or {}
     rows = []
     for rank, (label, p) in enumerate(top, 1):
@@ -107,8 +109,9 @@ def top_k_html(top: list[tuple[str, float]], names: dict[str, str] | None = None
             f"<td class='lm-name'>{html.escape(names.get(label) or display_name(label))}</td>"
             f"<td class='lm-pct'>{_percent(p)}</td><td class='lm-bar-cell' aria-hidden='true'>"
             f"<div class='lm-bar' style='width:{width:.1f}%'></div></td></tr>")
-    return ("<table class='lm-top' style='border-collapse:collapse;min-width:360px'>"
-            f"<caption style='text-align:left;font-weight:bold'>Top {len(top)} landmarks</caption>"
+    caption = "Best guesses (none of them is likely)" if guesses else f"Top {len(top)} landmarks"
+    return (f"<table class='lm-top{' lm-guesses' * guesses}' style='border-collapse:collapse;min-width:360px'>"
+            f"<caption style='text-align:left;font-weight:bold'>{caption}</caption>"
             + "".join(rows) + "</table>")
 
 
@@ -119,6 +122,9 @@ STYLE = """<style>
 .lm-bar-cell {width: 200px}
 .lm-bar {height: 14px; background: #1f77b4; border-radius: 2px; min-width: 1px}
 .lm-error {color: #b00020; font-weight: bold}
+.lm-guesses td {color: #999}
+.lm-guesses .lm-bar {background: #ccc}
+.lm-none {color: #444; font-weight: bold}
 </style>"""
 
 
@@ -134,6 +140,7 @@ def _thumbnail_jpeg(image: Any) -> bytes:
 class Result:
     name: str
     top: list[tuple[str, float]] = field(default_factory=list)  # empty when the file was rejected
+    landmark: str | None = None  # the class name; None: no known landmark (or an error)
     error: str = ""
     seconds: float = 0.0
     card: widgets.Widget | None = None
@@ -162,7 +169,8 @@ class LandmarkApp:
         landmarks = ", ".join(self.display_names.values())
         self.widget = widgets.VBox([
             widgets.HTML(f"{STYLE}<p>The model knows {len(self.class_names)} landmarks: "
-                         f"{html.escape(landmarks)}.</p>"),
+                         f"{html.escape(landmarks)}. A photo of anything else gets "
+                         f"\"none of the {len(self.class_names)} landmarks I know\".</p>"),
             widgets.HBox([self.upload, self.status], layout=widgets.Layout(align_items="center")),
             self.results], layout=widgets.Layout(padding="8px"))
 
@@ -194,23 +202,25 @@ class LandmarkApp:
         start = time.perf_counter()
         try:
             image = decode_upload(content, name, self.decode_side)
-            top = predictor.top_k(self.model, image, self.k, name=name)
+            answer = predictor.predict(self.model, image, self.k, name=name)
             preview = _thumbnail_jpeg(image)
         except Exception as err:  # noqa: BLE001 - any failure is shown on the page; the app keeps serving
             message = error_message(name, err)
             card = widgets.HTML(f"<p class='lm-error' role='alert'>{html.escape(message)}</p>")
             card.add_class("lm-card")
             return Result(name, error=message, seconds=time.perf_counter() - start, card=card)
-        best, p = top[0]
+        if answer.landmark is None:
+            verdict = f"<span class='lm-none'>none of the {len(self.class_names)} landmarks I know</span>"
+        else:
+            verdict = f"{html.escape(self.display_names[answer.landmark])} ({_percent(answer.confidence)})"
         card = widgets.HBox([
             widgets.Image(value=preview, format="jpeg", layout=widgets.Layout(max_width=f"{PREVIEW_PIXELS}px")),
-            widgets.HTML(f"<div style='padding-left:16px'><div><b>{html.escape(name)}</b>: "
-                         f"{html.escape(self.display_names[best])} ({_percent(p)})</div>"
-                         f"{top_k_html(top, self.display_names)}</div>"),
+            widgets.HTML(f"<div style='padding-left:16px'><div><b>{html.escape(name)}</b>: {verdict}</div>"
+                         f"{top_k_html(answer.top, self.display_names, guesses=answer.landmark is None)}</div>"),
         ], layout=widgets.Layout(align_items="flex-start", margin="8px 0",
                                  border_bottom="1px solid #ddd", padding="0 0 8px 0"))
         card.add_class("lm-card")
-        return Result(name, top, seconds=time.perf_counter() - start, card=card)
+        return Result(name, answer.top, answer.landmark, seconds=time.perf_counter() - start, card=card)
 
 
 def page(model: str | os.PathLike | None = None) -> widgets.Widget:

@@ -77,19 +77,20 @@ NO_LANDMARK = "no known landmark"
 
 @dataclass
 class Prediction:
-    """One photo's answer: a known landmark (display name), or None for "no known landmark".
+    """One photo's answer: a known landmark (its class name), or None for "no known landmark".
 
     `confidence` is the calibrated probability of the best guess among the known landmarks;
     `known_score` is the open-set score the file's threshold was applied to."""
     landmark: str | None
     confidence: float
-    top: list[tuple[str, float]]  # (display name, probability), most likely first
+    top: list[tuple[str, float]]  # (class name, probability), most likely first
     known_score: float
     threshold: float
 
-    def as_json(self, file: str) -> dict[str, Any]:
-        return {"file": file, "landmark": self.landmark, "confidence": round(self.confidence, 4),
-                "top": [[label, round(p, 4)] for label, p in self.top]}
+    def as_json(self, file: str, shown: dict[str, str]) -> dict[str, Any]:
+        """The CLI's --json line; `shown` maps class names to the names people read."""
+        return {"file": file, "landmark": None if self.landmark is None else shown[self.landmark],
+                "confidence": round(self.confidence, 4), "top": [[shown[c], round(p, 4)] for c, p in self.top]}
 
 
 def open_set_rule(model: OnnxModel) -> dict[str, Any]:
@@ -107,21 +108,10 @@ def predict(model: OnnxModel, image: Any, k: int = 5, name: str | None = None) -
     known = outputs.get("known_score")
     known_score = float(known[0]) if known is not None else float(scores.max())
     threshold = float(open_set_rule(model)["threshold"])
-    shown = display_names(model)
     order = np.argsort(-scores, kind="stable")[:k]
-    top = [(shown[i], float(scores[i])) for i in order]
+    top = [(model.class_names[i], float(scores[i])) for i in order]
     landmark = top[0][0] if known_score >= threshold else None
     return Prediction(landmark, top[0][1], top, known_score, threshold)
-
-
-def top_k(model: OnnxModel, image: Any, k: int = 5, name: str | None = None) -> list[tuple[str, float]]:
-    """The k most likely classes as (class folder name, probability), most likely first."""
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    scores = probabilities(model, image, name)
-    order = np.argsort(-scores, kind="stable")[:k]
-    names = model.class_names
-    return [(names[i], float(scores[i])) for i in order]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModelFileError as err:
         print(f"error: cannot load the predictor: {err}", file=sys.stderr)
         return 2
+    shown = dict(zip(model.class_names, display_names(model)))
     failed = 0
     for image in args.images:
         try:
@@ -158,12 +149,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {err}", file=sys.stderr)
             continue
         if args.json:
-            print(json.dumps(answer.as_json(image)), flush=True)
+            print(json.dumps(answer.as_json(image, shown)), flush=True)
             continue
-        print(f"{image}: {answer.landmark or NO_LANDMARK}" +
-              (f" ({answer.confidence:.1%})" if answer.landmark else "; best guesses:"))
+        print(f"{image}: " + (f"{shown[answer.landmark]} ({answer.confidence:.1%})" if answer.landmark else
+                              f"{NO_LANDMARK}; best guesses:"))
         for rank, (label, probability) in enumerate(answer.top, 1):
-            print(f"  {rank}. {label:<40s} {probability:6.1%}")
+            print(f"  {rank}. {shown[label]:<40s} {probability:6.1%}")
     return 1 if failed else 0
 
 
