@@ -385,3 +385,29 @@ def confidence_histogram(
     ax.set_xlabel("confidence")
     ax.set_ylabel("count")
     return _finish(fig, title, save_to)
+
+
+def reliability_diagram(
+    curves: Mapping[str, Sequence[Mapping[str, float]]],
+    *,
+    title: str = "",
+    save_to: str | Path | None = None,
+) -> Figure:
+    """Accuracy against mean confidence per confidence bin, one line per model (e.g. before and
+    after temperature scaling), the diagonal for perfect calibration; each bin's dot sized by its
+    count. `curves`: name -> bins as {"confidence", "accuracy", "photos"}."""
+    fig, ax = plt.subplots(figsize=(5.5, 5), layout="constrained")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+    for name, bins in curves.items():
+        conf = [b["confidence"] for b in bins]
+        acc = [b["accuracy"] for b in bins]
+        counts = np.array([b["photos"] for b in bins], dtype=float)
+        line, = ax.plot(conf, acc, marker="", label=name)
+        ax.scatter(conf, acc, s=20 + 200 * counts / max(1.0, counts.max()), color=line.get_color(), alpha=0.7)
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (mean in the bin)")
+    ax.set_ylabel("accuracy in the bin")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    return _finish(fig, title, save_to)

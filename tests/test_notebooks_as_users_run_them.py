@@ -135,7 +135,10 @@ def test_landmark_predictor_demo_works_on_a_fresh_clone_with_the_committed_model
     nb = run_as_jupyter(clone_as_user / "landmark_classifier" / "predictor_demo.ipynb")
     _, metrics = local_report(clone_as_user, "landmark_classifier")
     app = metrics["app"]
-    assert app["demo"] and all(row["correct"] is None for row in app["demo"])
+    scenes = [row for row in app["demo"] if row["true landmark"] != "no known landmark"]
+    assert scenes and all(row["correct"] is None for row in scenes)
+    # the photo of no landmark is scored whatever the data: "no known landmark" is its right answer
+    assert [row["photo"] for row in app["demo"] if row not in scenes] == ["coffee.png (scikit-image)"]
     assert "landmark_classifier/models/landmark_predictor.onnx" in outputs_text(nb, "stdout")
     assert app["cli_exit_code"] == 1  # the deliberately bad file, named; the two photos still classified
     assert app["cli_stderr"].startswith("error: not_an_image.jpg:")

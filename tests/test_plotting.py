@@ -12,6 +12,7 @@ from common.plotting import (
     confusion_matrix_plot,
     image_grid,
     loss_curves,
+    reliability_diagram,
     score_per_stage,
 )
 
@@ -328,3 +329,12 @@ def test_loss_curves_tick_whole_epochs_only():
             ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
             assert ticks and all(float(t).is_integer() for t in ticks), (epochs, ticks)
         plt.close(fig)
+
+
+def test_reliability_diagram_draws_the_diagonal_and_one_line_per_model(tmp_path):
+    bins = [{"confidence": 0.3, "accuracy": 0.5, "photos": 4}, {"confidence": 0.9, "accuracy": 0.95, "photos": 40}]
+    fig = reliability_diagram({"before": bins, "after": bins[::-1]}, title="t", save_to=tmp_path / "r.png")
+    ax = fig.axes[0]
+    assert len(ax.lines) == 3 and [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "perfectly calibrated", "before", "after"]
+    assert (tmp_path / "r.png").stat().st_size > 1000

@@ -16,6 +16,7 @@ from pathlib import Path
 from common import paths
 from common.profiles import choose
 from common.transfer import FinetuneConfig
+from landmark_classifier.src.openset import OpenSetConfig
 from landmark_classifier.src.transfer import TransferConfig
 
 PROJECT = "landmark_classifier"
@@ -68,6 +69,7 @@ class Budget:
     """What a profile trains on one kind of data."""
     scratch: ScratchConfig
     transfer: TransferConfig
+    open_set: OpenSetConfig = OpenSetConfig()
 
 
 @dataclass(frozen=True)
@@ -92,14 +94,17 @@ _CNN = dict(blocks_per_stage=1, lr=3e-3, weight_decay=0.05, label_smoothing=0.1)
 # `tiny` (the tests) walks full's code path with tiny budgets: two backbones at two decode sizes,
 # a strength search, fine-tuning, the time budget; so what breaks `make run` breaks the tests.
 _TINY_TRANSFER = dict(backbones=("efficientnet_lite0", "efficientnet_lite1"), top_blocks=1, Cs=(0.3, 1.0))
+# The small stand-in has 4 classes: one held out at a time; few non-landmark photos for exposure.
+_TINY_OPEN_SET = OpenSetConfig(heldout=1, rotations=2, per_source=20, scored_digits=20)
 
 TINY = Config(
     "tiny",
     real=Budget(ScratchConfig(64, **_TINY_CNN, epochs=1, batch_size=32),
-                TransferConfig(**_TINY_TRANSFER, finetune=FinetuneConfig(epochs=1, lr=3e-4), budget_seconds=1800)),
+                TransferConfig(**_TINY_TRANSFER, finetune=FinetuneConfig(epochs=1, lr=3e-4), budget_seconds=1800),
+                _TINY_OPEN_SET),
     stand_in=Budget(ScratchConfig(64, **_TINY_CNN, epochs=2, batch_size=16, trivial_augment=False),
                     TransferConfig(**_TINY_TRANSFER, finetune=FinetuneConfig(epochs=1, lr=3e-4, batch_size=16),
-                                   budget_seconds=600)),
+                                   budget_seconds=600), _TINY_OPEN_SET),
     standin_size="small",
 )
 QUICK = Config(

@@ -46,6 +46,8 @@ class OpenSetConfig:
     rotations: int = 4
     ece_bins: int = 15
     methods: tuple[str, ...] = METHODS
+    per_source: int = 1000       # CIFAR vehicles and MNIST digits for outlier exposure (each)
+    scored_digits: int = 500     # MNIST test digits scored
 
 
 # ------------------------------------------------------------------------------- the photos
@@ -100,37 +102,39 @@ def everyday_photos() -> dict[str, object]:
 
 @dataclass
 class NonLandmarks:
-    """Real photos of no landmark, uint8 squares at the backbone's resize size. `train` (Scones'
-    CIFAR training vehicles and MNIST training digits) is for outlier exposure only; the others
-    are scored, never trained on."""
-    train: torch.Tensor
-    sets: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> images (evaluation only)
+    """Real photos of no landmark, as PIL images at their own sizes. `train` (Scones' CIFAR training
+    vehicles and MNIST training digits) is for outlier exposure only; `sets` are scored, never trained on."""
+    train: list
+    sets: dict[str, list] = field(default_factory=dict)  # name -> images (evaluation only)
     sources: dict[str, str] = field(default_factory=dict)
 
+    def squares(self, size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(exposure images, {name: scored images}) as uint8 squares at `size` (the backbone's resize size)."""
+        stack = lambda images: (torch.stack([_square(image, size) for image in images]) if images  # noqa: E731
+                                else torch.zeros(0, 3, size, size, dtype=torch.uint8))
+        return stack(self.train), {name: stack(images) for name, images in self.sets.items()}
 
-def non_landmarks(data_dir: Path, size: int, *, per_source: int = 1000) -> NonLandmarks:
-    """Scones' CIFAR vehicles (train for exposure, test for scoring), MNIST digits (likewise) and
-    the bundled everyday photos (scoring only). A missing dataset is left out and said so."""
+
+def non_landmarks(data_dir: Path, config: OpenSetConfig) -> NonLandmarks:
+    """Scones' CIFAR vehicles (train for exposure, test scored), MNIST digits (likewise) and the
+    bundled everyday photos (scored only). A dataset missing from `data_dir` is left out."""
     data_dir = Path(data_dir)
     train, sets, sources = [], {}, {}
     scones = data_dir / "scones"
     if (scones / "train").is_dir():
-        files = sorted((scones / "train").glob("*.png"))[:per_source]
-        train += [_square(load_image(p), size) for p in files]
-        sets["CIFAR vehicles (Scones test)"] = torch.stack(
-            [_square(load_image(p), size) for p in sorted((scones / "test").glob("*.png"))])
-        sources["CIFAR vehicles"] = f"{len(files)} train images for exposure, the 200 test images scored"
+        train += [load_image(p) for p in sorted((scones / "train").glob("*.png"))[:config.per_source]]
+        sets["CIFAR vehicles (Scones test)"] = [load_image(p) for p in sorted((scones / "test").glob("*.png"))]
+        sources["CIFAR vehicles"] = (f"{len(train)} Scones training images (32 px) for exposure, "
+                                     f"the {len(sets['CIFAR vehicles (Scones test)'])} test images scored")
     raw = data_dir / "mnist" / "MNIST" / "raw"
     if (raw / "train-images-idx3-ubyte.gz").is_file():
-        train += [_square(image, size) for image in _mnist(raw, "train", per_source)]
-        sets["MNIST digits (test)"] = torch.stack([_square(image, size) for image in _mnist(raw, "t10k", 500)])
-        sources["MNIST digits"] = f"{per_source} train digits for exposure, 500 test digits scored"
+        train += _mnist(raw, "train", config.per_source)
+        sets["MNIST digits (test)"] = _mnist(raw, "t10k", config.scored_digits)
+        sources["MNIST digits"] = f"{config.per_source} training digits for exposure, {config.scored_digits} test digits scored"
     everyday = everyday_photos()
-    sets["everyday photos (skimage, sklearn, matplotlib)"] = torch.stack([_square(image, size)
-                                                                          for image in everyday.values()])
+    sets["everyday photos (skimage, sklearn, matplotlib)"] = list(everyday.values())
     sources["everyday photos"] = f"{len(everyday)} bundled photographs, scored only: {', '.join(everyday)}"
-    return NonLandmarks(torch.stack(train) if train else torch.zeros(0, 3, size, size, dtype=torch.uint8),
-                        sets, sources)
+    return NonLandmarks(train, sets, sources)
 
 
 # ----------------------------------------------------------------------- scores and metrics
@@ -147,7 +151,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
         return loss
 
     optimizer.step(closure)
-    return float(log_t.exp())
+    return float(log_t.detach().exp())
 
 
 def calibration(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> dict:
@@ -187,8 +191,8 @@ class Mahalanobis:
 
     def __call__(self, features: torch.Tensor) -> np.ndarray:
         x = features.double().numpy()
-        gaps = x[:, None, :] - self.means[None]
-        distances = np.einsum("ncd,de,nce->nc", gaps, self.precision, gaps)
+        gaps = (x[:, None, :] - self.means[None]).reshape(-1, x.shape[1])  # (N x classes) x features
+        distances = ((gaps @ self.precision) * gaps).sum(1).reshape(len(x), -1)  # one BLAS product
         return -distances.min(1)
 
 
@@ -227,9 +231,15 @@ class Fitted:
     mahalanobis: Mahalanobis
     knn: KNN
     temperature: float = 1.0
+    seen: dict = field(default_factory=dict, repr=False)  # id(activations) -> (activations, features)
 
     def features(self, acts: Activations) -> torch.Tensor:
-        return mirror_mean(self.top, acts)  # the penultimate features, as served (image + mirror)
+        """The penultimate features, as served (image + mirror); each set's computed once (the top's
+        forward pass is most of the scoring's cost, and every method reads the same features)."""
+        key = id(acts.plain)
+        if key not in self.seen:
+            self.seen[key] = (acts, mirror_mean(self.top, acts))  # holding `acts` keeps its id unique
+        return self.seen[key][1]
 
     def scores(self, acts: Activations, method: str) -> tuple[np.ndarray, torch.Tensor]:
         """(open-set score per image, higher = more known; logits) of `method` (without "oe + ")."""
@@ -295,9 +305,10 @@ def activations(cache, splits, others: NonLandmarks, config: OpenSetConfig) -> P
         return Known(cache(images, desc=f"{name} photos"),
                      cache(thumbnails(images, config.thumbnail_size), desc=f"{name} thumbnails"), labels)
 
+    exposure, scored = others.squares(splits.train[0].shape[-1])
     return Photos(known(*splits.train, "train"), known(*splits.valid, "valid"), known(*splits.test, "test"),
-                  cache(others.train, desc="non-landmarks (exposure)"),
-                  {name: cache(images, desc=name) for name, images in others.sets.items()})
+                  cache(exposure, desc="non-landmarks (exposure)"),
+                  {name: cache(images, desc=name) for name, images in scored.items()})
 
 
 def _classes(known: Known, keep: list[int]) -> Known:
@@ -374,3 +385,134 @@ def summarise(rows: list[dict]) -> list[dict]:
 def choose(table: list[dict]) -> dict:
     """The method with the lowest validation FPR at the TPR (then the highest validation AUROC)."""
     return min(table, key=lambda r: (r["validation fpr_at_tpr"], -r["validation auroc"]))
+
+
+# ------------------------------------------------------------------- the shipped model and its file
+
+def rule_for(model: Fitted, method: str, valid: Known, config: OpenSetConfig, note: dict | None = None):
+    """The export's `OpenSetRule` for `model`: its temperature, and the threshold that keeps
+    `config.tpr` of the known validation photos and thumbnails."""
+    from landmark_classifier.src.export import OpenSetRule
+
+    acts, _ = valid.both()
+    threshold = float(np.quantile(model.scores(acts, method)[0], 1 - config.tpr))
+    name = method.removeprefix("oe + ")
+    means = precision = None
+    if name == "mahalanobis":
+        means = torch.from_numpy(model.mahalanobis.means).float()
+        precision = torch.from_numpy(model.mahalanobis.precision).float()
+    return OpenSetRule(name, model.temperature, threshold, means, precision,
+                       note={"chosen": method, "tpr_on_validation": config.tpr, **(note or {})})
+
+
+def downscaled(path: Path, size: int):
+    """The photo as a thumbnail whose short side is `size` px (what a photo service may send)."""
+    image = load_image(path)
+    scale = size / min(image.size)
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                        resample=3, reducing_gap=None)  # 3: bicubic
+
+
+@dataclass
+class ServedOpenSet:
+    """The exported file on the test photos, their thumbnails and the non-landmark photos."""
+    probabilities: np.ndarray  # calibrated, test photos x classes
+    accepted: np.ndarray       # bool per test photo
+    thumbnail_probabilities: np.ndarray
+    thumbnail_accepted: np.ndarray
+    turned_away: dict[str, float]  # non-landmark set -> share answered "no known landmark"
+    examples: dict[str, list[dict]]
+
+
+def evaluate_file(served, test_paths: list[Path], others: NonLandmarks, config: OpenSetConfig) -> ServedOpenSet:
+    """Every answer through `predictor.predict` (the CLI's and the app's path)."""
+    from landmark_classifier.src import predictor
+    from tqdm.auto import tqdm
+
+    def answers(images, desc):
+        return [predictor.predict(served, image, k=len(served.class_names), name=str(name))
+                for name, image in tqdm(images, desc=desc, leave=False)]
+
+    def table(found):
+        order = {c: i for i, c in enumerate(served.class_names)}
+        probabilities = np.zeros((len(found), len(order)))
+        for row, answer in enumerate(found):
+            for label, p in answer.top:
+                probabilities[row, order[label]] = p
+        return probabilities, np.array([a.landmark is not None for a in found])
+
+    photos = table(answers([(p, p) for p in test_paths], "test photos"))
+    thumbs = table(answers([(p, downscaled(p, config.thumbnail_size)) for p in test_paths], "test thumbnails"))
+    turned, examples = {}, {}
+    for name, images in others.sets.items():
+        found = answers(list(enumerate(images)), name)
+        turned[name] = round(float(np.mean([a.landmark is None for a in found])), 4)
+        examples[name] = [{"answer": a.landmark or "no known landmark", "top": a.top[0][0],
+                           "confidence": round(a.confidence, 3)} for a in found[:5]]
+    return ServedOpenSet(*photos, *thumbs, turned, examples)
+
+
+@dataclass
+class OpenSetReport:
+    """What the notebook shows and metrics.json records about the shipped file's open set."""
+    ece_before: float
+    ece_after: float
+    curves: dict[str, list]  # reliability bins: "before (T = 1)", "after (T = ...)"
+    rows: list[dict]         # one row per kind of photo
+    summary: dict
+    markdown: str
+
+
+def _share(mask: np.ndarray) -> float:
+    return round(float(np.mean(mask)), 4) if len(mask) else float("nan")
+
+
+def report(served: ServedOpenSet, labels: np.ndarray, rule, config: OpenSetConfig) -> OpenSetReport:
+    """Calibration before and after the temperature, and each kind of photo's answers."""
+    after = served.probabilities
+    # the file returns softmax(z / T): softmax(T log p) gives back softmax(z), the uncalibrated probabilities
+    logits = rule.temperature * np.log(np.clip(after, 1e-30, None))
+    before = np.exp(logits - logits.max(1, keepdims=True))
+    before /= before.sum(1, keepdims=True)
+    calibrated, raw = calibration(after, labels, config.ece_bins), calibration(before, labels, config.ece_bins)
+    rows = []
+    for what, probabilities, accepted in (("known test photos", after, served.accepted),
+                                          (f"known test photos as {config.thumbnail_size}-px thumbnails",
+                                           served.thumbnail_probabilities, served.thumbnail_accepted)):
+        correct = probabilities.argmax(1) == labels
+        rows.append({"photos": what, "count": len(labels), "named correctly": _share(accepted & correct),
+                     "answered no known landmark": _share(~accepted), "closed-set accuracy": _share(correct),
+                     "accuracy on the named": _share(correct[accepted])})
+    for name, share in served.turned_away.items():
+        rows.append({"photos": f"no landmark: {name}", "answered no known landmark": share})
+    known, thumbs = rows[0], rows[1]
+    summary = {"open set: method": rule.note.get("chosen", rule.method), "open set: threshold": round(rule.threshold, 6),
+               "open set: temperature": round(rule.temperature, 4),
+               "known test photos named correctly (open set)": known["named correctly"],
+               "known test photos answered no known landmark (the threshold's cost)": known["answered no known landmark"],
+               f"{config.thumbnail_size}-px test thumbnails named correctly": thumbs["named correctly"],
+               "calibration error (ECE) before temperature": raw["ece"],
+               "calibration error (ECE) after temperature": calibrated["ece"],
+               **{f"no-landmark photos answered so: {name}": share for name, share in served.turned_away.items()}}
+    markdown = (f"**Open set ({summary['open set: method']}, threshold {rule.threshold:.4g}):** "
+                f"{known['named correctly']:.1%} of the known test photos named correctly, "
+                f"{known['answered no known landmark']:.1%} answered \"no known landmark\" (the threshold's cost); "
+                f"{thumbs['named correctly']:.1%} of their {config.thumbnail_size}-px thumbnails named correctly. "
+                + "; ".join(f"{name}: {share:.1%} answered \"no known landmark\""
+                            for name, share in served.turned_away.items())
+                + f". **Calibration error** {raw['ece']:.1%} before, {calibrated['ece']:.1%} after temperature "
+                  f"{rule.temperature:.3f}.")
+    curves = {"before (T = 1)": raw["bins"], f"after (T = {rule.temperature:.2f})": calibrated["bins"]}
+    return OpenSetReport(raw["ece"], calibrated["ece"], curves, rows, summary, markdown)
+
+
+# Methods the exported file can compute by itself (kNN needs every training photo's features).
+SHIPPABLE = tuple(m for m in METHODS if m.removeprefix("oe + ") != "knn")
+# The fine-tuning recipe where a profile fine-tunes nothing (quick: frozen features only)
+FALLBACK_TUNE = FinetuneConfig(epochs=1, lr=3e-4)
+
+
+def closed_set_accuracy(model: Fitted, known: Known) -> dict[str, float]:
+    """Accuracy (every photo named) on the photos and on their thumbnails."""
+    return {kind: float((model.head(model.features(acts)).argmax(1) == known.labels).float().mean())
+            for kind, acts in (("photos", known.photos), ("thumbnails", known.thumbs))}

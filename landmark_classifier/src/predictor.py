@@ -72,6 +72,12 @@ def probabilities(model: OnnxModel, image: Any, name: str | None = None) -> np.n
     return model.run(to_array(image, name)[None])[0]
 
 
+def top_k(model: OnnxModel, image: Any, k: int = 5, name: str | None = None) -> list[tuple[str, float]]:
+    """The k most likely classes as (class folder name, probability), most likely first (closed set:
+    `predict` also says whether the photo shows a known landmark at all)."""
+    return predict(model, image, k, name).top
+
+
 NO_LANDMARK = "no known landmark"
 
 

@@ -55,6 +55,14 @@ CANDIDATES_TITLE = "Transfer learning: candidates, scored on validation (test us
 
 
 @dataclass
+class Shipped:
+    """The model the file holds: the chosen recipe retrained on photos and thumbnails for the open set."""
+    label: str
+    valid_accuracy: float
+    train_seconds: float
+
+
+@dataclass
 class TransferRun:
     """What `transfer_learning.ipynb` measured, for `record_transfer`."""
     comparison: Comparison
@@ -66,11 +74,22 @@ class TransferRun:
     labels: np.ndarray
     names: list[str]  # display names, by class index
     figures: list[dict]  # {"title", "path"} of the fine-tuning curves and the test figures
+    shipped: Shipped | None = None  # None: the file holds the chosen candidate itself
 
     @property
     def chosen_label(self) -> str:
+        if self.shipped is not None:
+            return self.shipped.label
         chosen = self.comparison.selection.chosen
         return f"{chosen.backbone}, {chosen.method}"
+
+    @property
+    def valid_accuracy(self) -> float:
+        return self.comparison.selection.chosen.valid_accuracy if self.shipped is None else self.shipped.valid_accuracy
+
+    @property
+    def train_seconds(self) -> float:
+        return self.comparison.selection.chosen.train_seconds if self.shipped is None else self.shipped.train_seconds
 
     def candidates_table(self) -> pd.DataFrame:
         """Every candidate's validation scores, the chosen one marked, and the backbones not run."""
@@ -105,8 +124,8 @@ def record_transfer(report_dir: str | os.PathLike, profile: str, data: LandmarkD
         report_dir, profile=profile, data=data,
         summary={**result.summary("transfer learning"),
                  "transfer learning model": run.chosen_label,
-                 "transfer learning validation accuracy": round(chosen.valid_accuracy, 4),
-                 "transfer learning training seconds": round(chosen.train_seconds, 1),
+                 "transfer learning validation accuracy": round(run.valid_accuracy, 4),
+                 "transfer learning training seconds": round(run.train_seconds, 1),
                  "transfer learning comparison seconds (all candidates)": run.comparison_seconds,
                  "transfer learning test scored on": f"{exported.onnx_path.name} through predictor.py, from the photo files"},
         tables=[report.table(CANDIDATES_TITLE, run.candidates_table()),
@@ -114,7 +133,7 @@ def record_transfer(report_dir: str | os.PathLike, profile: str, data: LandmarkD
         figures=run.figures,
         transfer={"chosen": run.chosen_label, "selection": selection.reason, "test_accuracy": round(result.accuracy, 4),
                   "test_scored_on": "the exported ONNX file (predictor.py)",
-                  "validation_accuracy": round(chosen.valid_accuracy, 4), "train_seconds": round(chosen.train_seconds, 1),
+                  "validation_accuracy": round(run.valid_accuracy, 4), "train_seconds": round(run.train_seconds, 1),
                   "candidates": [c.row() for c in selection.candidates], "skipped": run.comparison.skipped,
                   "config": {k: str(v) for k, v in run.config.__dict__.items()},
                   "predictor": {"onnx": exported.onnx_path.name, "onnx_mb": exported.onnx_mb,
@@ -124,3 +143,46 @@ def record_transfer(report_dir: str | os.PathLike, profile: str, data: LandmarkD
                   "misclassified": [{"photo": run.test_paths[i].name, "true": run.names[run.labels[i]],
                                      "predicted": run.names[result.predicted[i]]} for i in result.wrong]},
     )
+
+
+OPEN_SET_TITLE = "Open set: held-out-class protocol, mean of the rotations (method chosen on validation)"
+
+
+@dataclass
+class OpenSetRun:
+    """What the notebook's open-set sections measured, for `record_open_set`."""
+    methods: list[dict]        # openset.summarise: one row per method
+    rotations: list[dict]      # openset.heldout_protocol's rows
+    picked: dict               # the row chosen on validation
+    rule: Any                  # export.OpenSetRule shipped in the file
+    served: Any                # openset.OpenSetReport of the shipped file
+    sources: dict[str, str]    # the non-landmark photos used, and how
+    seconds: float
+    figures: list[dict]
+
+
+def record_open_set(report_dir: str | os.PathLike, profile: str, data: LandmarkData, run: OpenSetRun) -> Path:
+    """Add the open-set part (protocol table, the shipped file's answers, calibration) to metrics.json."""
+    chosen = run.picked
+    summary = {**run.served.summary,
+               "open set (protocol, test): FPR at 95% TPR against held-out landmarks":
+                   chosen["test: other landmarks fpr_at_tpr"],
+               "open set (protocol, test): AUROC against held-out landmarks": chosen["test: other landmarks auroc"],
+               "open set seconds (protocol, shipped model, scoring)": round(run.seconds, 1)}
+    update_metrics(report_dir, profile=profile, data=data)
+    metrics = report.read_metrics(report_dir)
+    highlights = metrics.get("highlights", {})
+    highlights["tables"] = list(dict.fromkeys([*highlights.get("tables", []), OPEN_SET_TITLE,
+                                               "Open set: the shipped file's answers (test photos, thumbnails, no-landmark photos)"]))
+    highlights["figures"] = list(dict.fromkeys([*highlights.get("figures", []), "Transfer: reliability diagram (test)"]))
+    return update_metrics(
+        report_dir, profile=profile, data=data, summary=summary, highlights=highlights,
+        tables=[report.table(OPEN_SET_TITLE, pd.DataFrame(run.methods).assign(
+                    chosen=[m["method"] == chosen["method"] for m in run.methods])),
+                report.table("Open set: the shipped file's answers (test photos, thumbnails, no-landmark photos)",
+                             pd.DataFrame(run.served.rows))],
+        figures=run.figures,
+        open_set={"chosen": chosen["method"], "rule": run.rule.metadata(), "sources": run.sources,
+                  "rotations": run.rotations, "calibration": {"ece_before": run.served.ece_before,
+                                                              "ece_after": run.served.ece_after,
+                                                              "bins": run.served.curves}})

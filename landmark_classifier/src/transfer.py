@@ -99,6 +99,7 @@ class BackboneData:
     valid: Activations
     train_y: torch.Tensor
     valid_y: torch.Tensor
+    cache: ActivationCache  # more photos through the same trunk (the open-set check's)
 
 
 def prepare(backbone: Backbone, train: tuple[torch.Tensor, torch.Tensor], valid: tuple[torch.Tensor, torch.Tensor],
@@ -113,7 +114,7 @@ def prepare(backbone: Backbone, train: tuple[torch.Tensor, torch.Tensor], valid:
     cache = ActivationCache(Prepare(backbone, backbone.input_size, "crop"), trunk, path, batch_size=config.batch_size)
     acts = {name: cache(images, desc=f"{backbone.name} {name}") for name, (images, _) in (("train", train),
                                                                                         ("valid", valid))}
-    return BackboneData(backbone, trunk, top, acts["train"], acts["valid"], train[1], valid[1])
+    return BackboneData(backbone, trunk, top, acts["train"], acts["valid"], train[1], valid[1], cache)
 
 
 def fit_candidates(data: BackboneData, config: TransferConfig, extraction_seconds: float) -> list[Candidate]:
