@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from common import sagemaker_jobs as sj
 
@@ -42,3 +44,16 @@ def run_container(session, name: str, opt_ml: Path, checkpoints: Path | None = N
     bucket, key = sj.split_s3(described["ModelArtifacts"]["S3ModelArtifacts"])
     s3.upload_file(str(archive), bucket, key)
     return done.stdout
+
+
+def start_and_run(opt_ml: Path, checkpoints: Path | None = None, show: Callable[[str], Any] = lambda _: None):
+    """A stand-in for `sagemaker_jobs.start` (patch it in) that creates the job, then does SageMaker's part
+    at once with `run_container`, as SageMaker runs the container between create and describe; `show`
+    gets what the container printed."""
+    create = sj.start
+
+    def start(spec, session):
+        job = create(spec, session)
+        show(run_container(session, spec.name, opt_ml, checkpoints=checkpoints))
+        return job
+    return start

@@ -21,7 +21,7 @@ from botocore.stub import Stubber
 from common import paths
 from common import sagemaker_jobs as sj
 from tests.scones_aws_fixtures import REGION, ROLE, aws_session  # noqa: F401 (a fixture)
-from tests.sagemaker_harness import run_container
+from tests.sagemaker_harness import start_and_run
 from tests.service_model_check import Recorder, request_problems
 from tests.test_sagemaker_entry import (  # noqa: F401 (fixtures: real digits as IDX files, generated landmark photos)
     LANDMARK_HPS, MNIST_HPS, landmark_channel, mnist_channel)
@@ -154,14 +154,7 @@ def test_a_job_runs_its_entry_point_from_the_code_channel_and_its_model_comes_ba
     job = _toy_job(toy_repo, data)
     settings = _settings(processes_per_host=processes)
     opt_ml, output = tmp_path / "opt_ml", []
-    create = sj.start
-
-    def start_and_run(spec, session):  # SageMaker runs the container between create and describe
-        job = create(spec, session)
-        output.append(run_container(session, spec.name, opt_ml))
-        return job
-
-    monkeypatch.setattr(sj, "start", start_and_run)
+    monkeypatch.setattr(sj, "start", start_and_run(opt_ml, show=output.append))
     trained = sj.train_script(job, settings, tmp_path / "work", session=aws_session, poll_seconds=0,
                               log=lambda _: None)
     model_dir = trained.model_dir
@@ -288,14 +281,8 @@ def test_the_mnist_entry_point_trains_from_its_packaged_source_and_loads_back(aw
     small real-digit channel, and `load_trained` gives the notebook what a local fit gives."""
     from mnist_classifier.src import sagemaker_entry
 
-    opt_ml, create = tmp_path / "opt_ml", sj.start
-
-    def start_and_run(spec, session):
-        job = create(spec, session)
-        run_container(session, spec.name, opt_ml, checkpoints=tmp_path / "checkpoints")
-        return job
-
-    monkeypatch.setattr(sj, "start", start_and_run)
+    opt_ml = tmp_path / "opt_ml"
+    monkeypatch.setattr(sj, "start", start_and_run(opt_ml, checkpoints=tmp_path / "checkpoints"))
     hyperparameters = {**MNIST_HPS, "epochs": 1}
     trained = sj.train_project("mnist_classifier", hyperparameters, mnist_channel, _settings(), tmp_path / "work")
     code = opt_ml / "input" / "data" / "code"
@@ -325,14 +312,8 @@ def test_the_landmark_entry_point_trains_from_its_packaged_source_and_loads_back
     from landmark_classifier.src import sagemaker_entry, train
 
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the job's decode cache
-    opt_ml, create = tmp_path / "opt_ml", sj.start
-
-    def start_and_run(spec, session):
-        job = create(spec, session)
-        run_container(session, spec.name, opt_ml, checkpoints=tmp_path / "checkpoints")
-        return job
-
-    monkeypatch.setattr(sj, "start", start_and_run)
+    opt_ml = tmp_path / "opt_ml"
+    monkeypatch.setattr(sj, "start", start_and_run(opt_ml, checkpoints=tmp_path / "checkpoints"))
     trained = sj.train_project("landmark_classifier", {**LANDMARK_HPS, "epochs": 1}, landmark_channel, _settings(),
                                tmp_path / "work")
     run = sagemaker_entry.load_trained(trained.model_dir)

@@ -27,21 +27,12 @@ import boto3
 from moto import mock_aws
 
 from common import sagemaker_jobs as _jobs
-from tests.sagemaker_harness import run_container
+from tests.sagemaker_harness import start_and_run
 
 mock_aws().start()
 boto3.client("s3").create_bucket(Bucket="my-bucket")
 _jobs.WORK_DIR = Path(r"{work}")
-_create = _jobs.start
-
-
-def _start_and_run(spec, session):
-    job = _create(spec, session)
-    print(run_container(session, spec.name, Path(r"{work}") / "opt_ml", checkpoints=Path(r"{work}") / "checkpoints"))
-    return job
-
-
-_jobs.start = _start_and_run
+_jobs.start = start_and_run(Path(r"{work}") / "opt_ml", checkpoints=Path(r"{work}") / "checkpoints", show=print)
 '''
 
 
