@@ -78,7 +78,7 @@ def deploy(session: Any, config: DeployConfig, staged: Any = None, *, stamp: str
         raise ValueError(f"two variants put the new model next to the one endpoint {config.endpoint_name} serves "
                          f"now, and there is no such endpoint: deploy once without variants first")
 
-    image_uri, model_data, job = model_artifact(sm, s3, config, stamp, staged)
+    image_uri, model_data, job = model_artifact(session, config, stamp, staged)
     log(f"model: {model_data} ({image_uri})")
     fleet = fleet_of(config)
     names = list(VARIANTS) if config.variants else [DEFAULT_VARIANT]

@@ -44,8 +44,10 @@ def package_model(onnx_path: Path, out_dir: Path) -> Path:
     return archive
 
 
-def model_artifact(sm: Any, s3: Any, config: DeployConfig, stamp: str, staged: Any = None) -> tuple[str, str, str | None]:
-    """(image URI, model data URI, training job name) for this deploy's new model."""
+def model_artifact(session: Any, config: DeployConfig, stamp: str, staged: Any = None) -> tuple[str, str, str | None]:
+    """(image URI, model data URI, training job name) for this deploy's new model, made with the deploy's boto3
+    `session` (the launcher's SDK TrainingJob takes the session itself)."""
+    s3 = session.client("s3")
     if config.container:
         archive = package_model(config.model_path, config.work_dir / stamp)
         key = f"scones/models/{stamp}/model.tar.gz"
@@ -57,15 +59,10 @@ def model_artifact(sm: Any, s3: Any, config: DeployConfig, stamp: str, staged: A
         raise ValueError("the built-in algorithm trains on staged data: pass staged=data.stage(...)")
     data_s3 = f"s3://{config.bucket}/scones/data"
     data.upload(staged, data_s3)
-    region = sm.meta.region_name
+    region = session.region_name
     image_uri = image_classification_uri(region)
     spec = TrainingSpec(job_name=versioned_name(config.endpoint_name, stamp), role_arn=config.role_arn,
                         data_s3=data_s3, output_s3=f"s3://{config.bucket}/scones/models",
                         num_training_samples=len(staged.train), epochs=config.epochs,
                         instance_type=config.training_instance_type, mode=config.training_mode)
-    # The launcher drives the SDK's TrainingJob, which takes a boto3 Session: the deploy's clients come from
-    # one made by the default credential chain in this region (the CLI's and the notebook's), so is this.
-    import boto3
-
-    session = boto3.Session(region_name=region)
     return image_uri, train(session, spec, image_uri), spec.job_name
