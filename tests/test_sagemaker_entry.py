@@ -113,11 +113,7 @@ def test_mnist_two_process_ddp_matches_one_process(tmp_path, mnist_channel, mnis
     """Real torchrun, 2 gloo processes: each trains on its half of every batch; DDP's averaged
     gradients take the single process's steps (an MLP without BatchNorm or dropout: allclose)."""
     root = fake_opt_ml(tmp_path / "opt_ml", mnist_channel, MNIST_HPS)
-    torchrun = Path(sys.executable).with_name("torchrun")
-    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "mnist_classifier.src.sagemaker_entry",
-                           "--root", str(root)], cwd=paths.REPO_ROOT, env=entry_env(), capture_output=True, text=True,
-                          timeout=240, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_job("mnist_classifier.src.sagemaker_entry", root, processes=2)
     metrics = json.loads((root / "model" / "metrics.json").read_text())
     assert metrics["processes"] == 2
     trained = mnist_entry.load_trained(root / "model")["mlp_baseline"]
@@ -127,9 +123,12 @@ def test_mnist_two_process_ddp_matches_one_process(tmp_path, mnist_channel, mnis
     assert done.stdout.count("[Epoch 1]") == 1  # rank 0 alone prints
 
 
-def run_job(module: str, root: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", module, "--root", str(root)], cwd=paths.REPO_ROOT,
-                          env=env or entry_env(), capture_output=True, text=True, timeout=240, check=False)
+def run_job(module: str, root: Path, env: dict | None = None, processes: int = 1) -> subprocess.CompletedProcess:
+    """The entry point as a job runs it: `python -m module`, or under real torchrun with `processes` > 1."""
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", str(processes)]
+    done = subprocess.run([*(torchrun if processes > 1 else [sys.executable]), "-m", module, "--root", str(root)],
+                          cwd=paths.REPO_ROOT, env=env or entry_env(), capture_output=True, text=True, timeout=240,
+                          check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -167,11 +166,7 @@ def test_two_mnist_processes_stop_early_together(tmp_path, mnist_channel):
     """lr 0: no epoch improves on the first. Patience runs out on every rank in the same epoch (they
     validate the same model and agree by an all-reduce), so the job ends, no rank left waiting."""
     root = fake_opt_ml(tmp_path / "opt_ml", mnist_channel, {**MNIST_HPS, "epochs": 10, "lr": 0, "patience": 1})
-    torchrun = Path(sys.executable).with_name("torchrun")
-    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "mnist_classifier.src.sagemaker_entry",
-                           "--root", str(root)], cwd=paths.REPO_ROOT, env=entry_env(), capture_output=True, text=True,
-                          timeout=240, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_job("mnist_classifier.src.sagemaker_entry", root, processes=2)
     assert done.stdout.count("early stop") == 1
     assert mnist_entry.load_trained(root / "model")["mlp_baseline"].history.epoch == [1, 2]
 
@@ -231,12 +226,7 @@ def test_landmark_two_process_ddp_writes_one_model_with_the_right_shapes(tmp_pat
     """BatchNorm statistics differ per process (SyncBatchNorm is GPU-only), so no match is expected:
     one model, written by rank 0 alone, of the right shapes, from finite losses."""
     root = fake_opt_ml(tmp_path / "opt_ml", landmark_channel, {**LANDMARK_HPS, "batch_size": 8})
-    torchrun = Path(sys.executable).with_name("torchrun")
-    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m",
-                           "landmark_classifier.src.sagemaker_entry", "--root", str(root)], cwd=paths.REPO_ROOT,
-                          env={**entry_env(), "TMPDIR": str(tmp_path)}, capture_output=True, text=True, timeout=240,
-                          check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_job("landmark_classifier.src.sagemaker_entry", root, {**entry_env(), "TMPDIR": str(tmp_path)}, processes=2)
     assert sorted(p.name for p in (root / "model").iterdir()) == ["metrics.json", "scratch_cnn.pth", "training.json"]
     run = landmark_entry.load_trained(root / "model")
     expected = landmark_model.LandmarkCNN(3, (16, 32, 64), 1, 0.1).state_dict()
