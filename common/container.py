@@ -34,6 +34,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +44,10 @@ from torch import nn
 
 ROOT = Path("/opt/ml")
 FAILURE_LIMIT = 1024  # DescribeTrainingJob's FailureReason holds at most 1,024 characters
+# How long a collective may wait for the slowest rank. torch's defaults (10 minutes for nccl, 30 for gloo) can be
+# shorter than the time the first process on a host takes to decode a large photo set into the cache that the
+# others wait for at a barrier (landmark: a 200,000-photo subset); the job's MaxRuntime still bounds a hang.
+GROUP_TIMEOUT = timedelta(hours=2)
 
 
 def parse_value(text: Any) -> Any:
@@ -316,7 +321,7 @@ def init_distributed(backend: str | None = None) -> Distributed:
     if world <= 1:
         return Distributed(device=device)
     if not dist.is_initialized():
-        dist.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"))
+        dist.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"), timeout=GROUP_TIMEOUT)
     return Distributed(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
