@@ -2,7 +2,7 @@
 
 Starts the page server on a free 127.0.0.1 port (as `make app` does), opens the page with Playwright
 driving Debian's Chromium, uploads a real photo (DATA_DIR/landmark_gldv2; a generated JPEG without
-it), a broken file, two files at once (one of them the first photo again) and a 14 MB photo, and reads
+it), a photo of no landmark, a broken file, two files at once (one of them the first photo again) and a 14 MB photo, and reads
 the page's text. The
 committed predictor answers. Everything started is stopped by its PID, also when the test fails.
 Timings are not asserted here: `python -m landmark_classifier.src.app_screenshot` measures them.
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from landmark_classifier.src import app
+from landmark_classifier.src import app, openset
 from landmark_classifier.src import app_screenshot as browser_tools
 
 pytestmark = [
@@ -54,6 +54,8 @@ def test_upload_photos_and_a_broken_file_in_a_real_browser(tmp_path):
     photo = a_photo(tmp_path)
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(photo.read_bytes()[:1500])
+    nothing = tmp_path / "coffee.jpg"
+    openset.everyday_photos()["skimage coffee"].save(nothing, quality=90)
     second = tmp_path / "second.png"
     Image.open(photo).convert("RGB").rotate(90, expand=True).save(second)
 
@@ -72,6 +74,12 @@ def test_upload_photos_and_a_broken_file_in_a_real_browser(tmp_path):
                 assert photo.name in card.inner_text() and "Top 5 landmarks" in card.inner_text()
                 assert card.locator("img").evaluate("img => img.naturalWidth") > 0  # the preview shows
 
+                # a photo of no landmark (scikit-image's coffee cup): the page says so, the guesses greyed
+                browser_tools.upload(page, [nothing])
+                card = page.locator(".lm-card").first
+                assert f"none of the {len(class_names)} landmarks I know" in card.inner_text(), card.inner_text()
+                assert "Best guesses" in card.inner_text() and len(top5_rows(card)) == 5
+                assert card.locator("table.lm-guesses").count() == 1
                 browser_tools.upload(page, [broken])
                 error = page.locator(".lm-card").first.inner_text().strip()
                 assert error.startswith("Cannot classify broken.jpg: "), error
@@ -82,7 +90,7 @@ def test_upload_photos_and_a_broken_file_in_a_real_browser(tmp_path):
                 assert photo.name in newest[0].inner_text() and "second.png" in newest[1].inner_text()
                 assert top5_rows(newest[0]) == rows  # the same photo again, the same answer
                 assert len(top5_rows(newest[1])) == 5
-                assert page.locator(".lm-card").count() == 4
+                assert page.locator(".lm-card").count() == 5
 
                 # over tornado's default 10 MiB websocket message: the upload must still arrive
                 big = tmp_path / "big_photo.jpg"

@@ -112,22 +112,23 @@ def _classifier(classes: int = 3) -> Classifier:
 def test_the_exported_rule_equals_eager_and_decides(method, tiny_dataset, tmp_path, capsys):
     model = _classifier()
     means, precision = (torch.randn(3, 6), torch.eye(6)) if method == "mahalanobis" else (None, None)
+    bank = torch.nn.functional.normalize(torch.randn(20, 6), dim=1) if method == "knn" else None
     preprocessing = export.Preprocessing(40, 32, (0.5,) * 3, (0.25,) * 3, mirror=True)
     card = export.ModelCard(tiny_dataset.class_names, "toy", {}, tiny_dataset.display_names)
     x = torch.randint(0, 256, (2, 3, 50, 70), dtype=torch.uint8)
     probe = export.ServingModel(model, preprocessing, card.class_names,
-                                export.OpenSetRule(method, 0.5, 0.0, means, precision))
+                                export.OpenSetRule(method, 0.5, 0.0, means, precision, bank, k=3))
     with torch.no_grad():
         probabilities, score = probe(x)
     threshold = float(score.max()) + 1.0  # above every score: every photo is "no known landmark"
-    rule = export.OpenSetRule(method, 0.5, threshold, means, precision, note={"tpr": 0.95})
+    rule = export.OpenSetRule(method, 0.5, threshold, means, precision, bank, k=3, note={"tpr": 0.95})
     exported = export.export_predictor(model, preprocessing, card, tmp_path, rule=rule, stem=f"toy_{method}")
     outputs = load_onnx(exported.onnx_path).run_all(x.numpy())
     assert np.allclose(outputs["probabilities"], probabilities.numpy(), atol=1e-4)
     assert np.allclose(outputs["known_score"], score.numpy(), rtol=1e-4, atol=1e-4)
-    assert read_metadata(exported.onnx_path)["open_set"] == {"method": method, "temperature": 0.5,
-                                                             "threshold": threshold, "known_if": "known_score >= threshold",
-                                                             "tpr": 0.95}
+    assert read_metadata(exported.onnx_path)["open_set"] == {
+        "method": method, "temperature": 0.5, "threshold": threshold, "known_if": "known_score >= threshold",
+        **({"k": 3, "bank": 20} if method == "knn" else {}), "tpr": 0.95}
     photo = next((tiny_dataset.root / "test").rglob("*.jpg"))
     served = predictor.load(exported.onnx_path)
     answer = predictor.predict(served, photo, k=2)
@@ -153,3 +154,11 @@ def test_a_photo_above_the_threshold_is_named(tiny_dataset, tmp_path, capsys):
     assert predictor.main([str(photo), "--model", str(exported.onnx_path)]) == 0
     shown = dict(zip(tiny_dataset.class_names, tiny_dataset.display_names))
     assert f"{photo}: {shown[answer.landmark]} (" in capsys.readouterr().out
+
+
+def test_the_files_knn_score_is_scikit_learns():
+    features, bank = torch.randn(7, 6), torch.randn(30, 6)
+    expected = openset.KNN(bank, k=4)(features)
+    rule = export.OpenSetRule("knn", 1.0, 0.0, bank=openset.KNN(bank, k=4).bank, k=4)
+    got = export.KnownScore(rule)(features, torch.zeros(7, 3)).numpy()
+    assert np.allclose(got, expected, atol=2e-3)  # the bank is stored float16

@@ -60,7 +60,7 @@ class Preprocessing:
             raise ValueError(f"crop_size {self.crop_size} is larger than resize_size {self.resize_size}")
 
 
-OPEN_SET_METHODS = ("msp", "energy", "mahalanobis")
+OPEN_SET_METHODS = ("msp", "energy", "mahalanobis", "knn")
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,8 @@ class OpenSetRule:
     threshold: float = 0.0
     means: torch.Tensor | None = None      # mahalanobis: class means of the features (classes x features)
     precision: torch.Tensor | None = None  # mahalanobis: the shared inverse covariance
+    bank: torch.Tensor | None = None       # knn: the training photos' L2-normalised features (stored float16)
+    k: int = 10                            # knn: the neighbour whose distance is the score
     note: dict[str, Any] = field(default_factory=dict)  # what the choice was measured on (the file's metadata)
 
     def __post_init__(self) -> None:
@@ -80,12 +82,15 @@ class OpenSetRule:
             raise ValueError(f"open-set method must be one of {', '.join(OPEN_SET_METHODS)}, got {self.method!r}")
         if self.method == "mahalanobis" and (self.means is None or self.precision is None):
             raise ValueError("the mahalanobis rule needs the class means and the precision matrix")
+        if self.method == "knn" and (self.bank is None or not 1 <= self.k <= len(self.bank)):
+            raise ValueError("the knn rule needs the training features (at least k of them)")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
 
     def metadata(self) -> dict[str, Any]:
+        extra = {"k": self.k, "bank": len(self.bank)} if self.method == "knn" else {}
         return {"method": self.method, "temperature": round(self.temperature, 6), "threshold": float(self.threshold),
-                "known_if": "known_score >= threshold", **self.note}
+                "known_if": "known_score >= threshold", **extra, **self.note}
 
 
 class KnownScore(nn.Module):
@@ -93,13 +98,20 @@ class KnownScore(nn.Module):
 
     def __init__(self, rule: OpenSetRule) -> None:
         super().__init__()
-        self.method, self.temperature = rule.method, float(rule.temperature)
+        self.method, self.temperature, self.k = rule.method, float(rule.temperature), int(rule.k)
         means = rule.means if rule.means is not None else torch.zeros(0, 0)
         precision = rule.precision if rule.precision is not None else torch.zeros(0, 0)
+        bank = rule.bank if rule.bank is not None else torch.zeros(0, 0)
         self.register_buffer("means", torch.as_tensor(means, dtype=torch.float32))
         self.register_buffer("precision", torch.as_tensor(precision, dtype=torch.float32))
+        # float16 halves the file (a few thousand x 1280 features: 7 MB, not 14); the distances barely move
+        self.register_buffer("bank", torch.as_tensor(bank, dtype=torch.float16))
 
     def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if self.method == "knn":  # minus the Euclidean distance of unit vectors to the k-th nearest: sqrt(2 - 2 cos)
+            unit = features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            cosine = (unit @ self.bank.float().t()).topk(self.k, dim=1).values[:, -1]
+            return -(2 - 2 * cosine).clamp_min(0).sqrt()
         if self.method == "mahalanobis":
             gaps = features[:, None, :] - self.means[None]  # N x classes x features
             distances = ((gaps @ self.precision) * gaps).sum(2)
