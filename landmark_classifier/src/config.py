@@ -88,7 +88,10 @@ class Config:
 LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 # On the stand-in TrivialAugment is off: it costs more CPU per image than the small network's forward
 # and backward pass, and the budget is minutes.
-_TINY_CNN = dict(widths=(8, 16, 32), blocks_per_stage=1, dropout=0.1, lr=3e-3, weight_decay=1e-4, label_smoothing=0.0)
+# Stages of at least 16 channels: torch 2.15's CPU backward pass corrupts memory ("double free or
+# corruption", exit 134/139) with 8-channel stages at batches of 17 or 19 images and 2+ threads
+# (reproduced 2026-12-06: LandmarkCNN(3, (8, 16, 32)), 64 px); 16-32-64 passed every batch size tried.
+_TINY_CNN = dict(widths=(16, 32, 64), blocks_per_stage=1, dropout=0.1, lr=3e-3, weight_decay=1e-4, label_smoothing=0.0)
 _CNN = dict(blocks_per_stage=1, lr=3e-3, weight_decay=0.05, label_smoothing=0.1)
 # The cached pass makes fine-tuning the last blocks cheap (seconds per epoch on 2 cores).
 # `tiny` (the tests) walks full's code path with tiny budgets: two backbones at two decode sizes,
