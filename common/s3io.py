@@ -10,27 +10,33 @@ from __future__ import annotations
 import io
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from cloudpathlib import S3Client, S3Path
 
 import jsonlines
 
+from common import paths
+
+if TYPE_CHECKING:
+    import boto3
+
 PathOrUri = str | os.PathLike
 
 
-def to_path(uri: PathOrUri, *, endpoint_url: str | None = None) -> Path | S3Path:
-    """Return a local ``Path`` or an ``S3Path`` for ``uri``.
+def to_path(uri: PathOrUri, *, endpoint_url: str | None = None,
+            session: boto3.Session | None = None) -> Path | S3Path:
+    """Return a local ``Path`` or an ``S3Path`` for ``uri`` (``session``: a boto3 Session to use).
 
     A new ``S3Client`` is made per call so that no boto3 client outlives the
     credentials, endpoint or moto mock it was created under.
     """
     text = os.fspath(uri)
     if S3Path.is_valid_cloudpath(text):
-        return S3Path(text, client=S3Client(endpoint_url=endpoint_url))
+        return S3Path(text, client=S3Client(endpoint_url=endpoint_url, boto3_session=session))
     return Path(text)
 
 
@@ -105,22 +111,52 @@ def list_files(uri: PathOrUri, suffix: str | None = None, *, endpoint_url: str |
     return sorted(str(d / f) for d, _, files in walk for f in files if suffix is None or f.endswith(suffix))
 
 
-def upload_folder(local_dir: PathOrUri, s3_uri: PathOrUri, *, endpoint_url: str | None = None) -> list[str]:
-    """Upload every file under ``local_dir`` to the same relative key under ``s3_uri``."""
+def upload_folder(local_dir: PathOrUri, s3_uri: PathOrUri, *, endpoint_url: str | None = None,
+                  session: boto3.Session | None = None, skip_unchanged: bool = False,
+                  log: Callable[[str], None] | None = None) -> list[str]:
+    """Upload every file under ``local_dir`` to the same relative key under ``s3_uri``; returns the
+    URIs uploaded.
+
+    ``session``: a boto3 Session whose credentials and region to use (a SageMaker launcher's).
+    ``skip_unchanged`` leaves out files already there with the same size, so a dataset is uploaded
+    once, not per job; the prefix is listed once (paginated), not one HEAD per file. ``log`` gets a
+    line before anything is uploaded.
+    """
     local = Path(local_dir)
     if not local.is_dir():
         raise FileNotFoundError(f"local folder not found: {local}")
-    target = _s3_path(s3_uri, endpoint_url)
-    uploaded = []
-    for file in map(Path, list_files(local)):
-        dest = target / file.relative_to(local).as_posix()
+    target = _s3_path(s3_uri, endpoint_url, session)
+    files = {target / file.relative_to(local).as_posix(): file for file in map(Path, list_files(local))}
+    there = _sizes(target) if skip_unchanged else {}
+    new = {dest: file for dest, file in files.items() if there.get(dest.key) != file.stat().st_size}
+    if new and log:
+        log(f"uploading {len(new)} of {len(files)} files of {paths.display(local)} to {target}")
+    for dest, file in new.items():
         dest.upload_from(file, force_overwrite_to_cloud=True)
-        uploaded.append(str(dest))
-    return uploaded
+    return [str(dest) for dest in new]
 
 
-def _s3_path(uri: PathOrUri, endpoint_url: str | None) -> S3Path:
-    path = to_path(uri, endpoint_url=endpoint_url)
+def _sizes(folder: S3Path) -> dict[str, int]:
+    """Size of every object under ``folder`` by key, from one paginated listing."""
+    prefix = folder.key.rstrip("/") + "/" if folder.key else ""
+    pages = folder.client.client.get_paginator("list_objects_v2").paginate(Bucket=folder.bucket, Prefix=prefix)
+    return {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", [])}
+
+
+def _s3_path(uri: PathOrUri, endpoint_url: str | None, session: boto3.Session | None = None) -> S3Path:
+    path = to_path(uri, endpoint_url=endpoint_url, session=session)
     if not isinstance(path, S3Path):
         raise ValueError(f"expected an s3:// URI, got {os.fspath(uri)}")
     return path
+
+
+def iter_objects(uri: PathOrUri, *, endpoint_url: str | None = None, client: Any = None) -> Iterator[dict]:
+    """Every object under an ``s3://`` prefix as ``{"uri", "size", "etag"}``, in key order, one
+    ListObjectsV2 page (1,000 keys) at a time: a prefix of millions of objects is never held in memory."""
+    path = _s3_path(uri, endpoint_url)
+    client = client or path.client.client
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=path.bucket, Prefix=path.key)
+    for page in pages:
+        for entry in page.get("Contents", []):
+            yield {"uri": f"s3://{path.bucket}/{entry['Key']}", "size": entry["Size"],
+                   "etag": entry["ETag"].strip('"')}
