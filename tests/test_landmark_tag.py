@@ -277,3 +277,20 @@ def test_an_s3_prefix_is_tagged_page_by_page(aws_env, tiny_dataset, tiny_predict
         assert tag.run(["s3://photo-library/2026/"], config).skipped == len(photos) + 1
         listed = list(tag.s3io.iter_objects("s3://photo-library/2026/trip/", client=s3))
         assert len(listed) == len(photos) + 2 and all(set(o) == {"uri", "size", "etag"} for o in listed)
+
+
+def test_the_benchmark_times_every_row_and_the_big_library(tiny_dataset, tiny_predictor, tmp_path):  # noqa: F811
+    from landmark_classifier import tag_benchmark
+
+    model_path, _ = tiny_predictor
+    out = tmp_path / "bench.json"
+    assert tag_benchmark.main(["--photos-dir", str(tiny_dataset.root / "test"), "--model", str(model_path),
+                               "--runs", "1", "--many", "15", "--per-process", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    photos = len(_photos(tiny_dataset))
+    assert set(result["rows"]) == {"cli_loop", "cli_per_process", "tagger_batch1", "tagger_batch16",
+                                   "tagger_batch16_15"}
+    assert result["rows"]["cli_loop"]["photos"] == result["rows"]["tagger_batch16"]["photos"] == photos
+    assert result["rows"]["tagger_batch16_15"]["photos"] == 15 and result["rows"]["cli_per_process"]["photos"] == 1
+    assert all(row["photos_per_s"] > 0 and row["peak_rss_mb"] > 0 for row in result["rows"].values())
+    assert result["speedup_vs_cli_loop"]["cli_loop"] == 1.0

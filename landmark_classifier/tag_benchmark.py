@@ -1,0 +1,172 @@
+"""The bulk tagger (`src/tag.py`) against the one-file CLI, in photos per second and peak memory.
+
+    python -m landmark_classifier.tag_benchmark [--photos-dir DIR] [--runs 3] [--many 20000] [--many-runs 1]
+
+In one process, on the real test photos (DATA_DIR/landmark_gldv2/test, 414 photos) unless
+--photos-dir is given, each measured --runs times (the median is reported):
+
+- `cli_loop`: the one-file CLI as `python -m landmark_classifier.src.predictor --json PHOTO...` runs it,
+  in process: the model loaded once, then `predictor.predict` + the --json line for each file in turn;
+- `cli_per_process`: a shell loop starting the CLI once per photo (`for f in *.jpg; do python -m ...
+  predictor --json "$f"; done`), on the first --per-process photos only (each start loads ONNX Runtime
+  and the model: seconds, not milliseconds);
+- `tagger_batch1`: the tagger with --batch 1 (each photo at its own size, decoded on the thread pool);
+- `tagger_batch16`: the tagger with --batch 16 (photos resized in the decode threads, one ONNX run per 16);
+- and the tagger (--batch 16) on --many photos: the test photos repeated by symlinks in a temp folder
+  (so the page cache holds them: this measures decoding and the model, not a disk).
+
+Each row: photos/s and the process's peak resident memory during that measurement (sampled every
+20 ms from /proc/self/status), so the tagger's memory on 414 and on 20,000 photos compare directly.
+Prints one JSON object (and writes it to --json when given).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from landmark_classifier.src import predictor, tag
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class PeakRss:
+    """The largest VmRSS (MB) of this process while the block runs, sampled every 20 ms."""
+
+    def __enter__(self) -> PeakRss:
+        self.peak, self._stop = _rss_mb(), threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _rss_mb())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mb())
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def measure(work: Callable[[], int], runs: int) -> dict:
+    """Median photos/s of `runs` calls of `work` (which returns how many photos it handled), and the
+    peak RSS over all of them."""
+    rates = []
+    with PeakRss() as rss:
+        for _ in range(runs):
+            started = time.perf_counter()
+            photos = work()
+            rates.append(photos / (time.perf_counter() - started))
+    return {"photos": photos, "runs": runs, "photos_per_s": round(statistics.median(rates), 2),
+            "all_photos_per_s": [round(r, 2) for r in rates], "peak_rss_mb": round(rss.peak, 1)}
+
+
+def cli_loop(model_path: Path, files: list[Path]) -> Callable[[], int]:
+    model = predictor.load(model_path)
+    shown = dict(zip(model.class_names, predictor.display_names(model)))
+
+    def work() -> int:
+        for file in files:
+            json.dumps(predictor.predict(model, file, name=str(file)).as_json(str(file), shown))
+        return len(files)
+    return work
+
+
+def cli_per_process(model_path: Path, files: list[Path]) -> Callable[[], int]:
+    def work() -> int:
+        for file in files:
+            subprocess.run([sys.executable, "-m", "landmark_classifier.src.predictor", "--json", "--model",
+                            str(model_path), str(file)], cwd=REPO, check=True, capture_output=True)
+        return len(files)
+    return work
+
+
+def tagger(model_path: Path, folder: Path, batch: int, work_dir: Path) -> Callable[[], int]:
+    def work() -> int:
+        out = Path(tempfile.mkdtemp(dir=work_dir)) / "tags.jsonl"  # a fresh file: nothing to resume
+        summary = tag.run([str(folder)], tag.TagConfig(out, model_path, batch=batch, progress=False))
+        return summary.new
+    return work
+
+
+def repeated(files: list[Path], count: int, folder: Path) -> Path:
+    """`count` symlinks to `files` (cycled), 1,000 a sub-folder, as a big library's layout."""
+    for i in range(count):
+        link = folder / f"{i // 1000:03d}" / f"{i:06d}{files[i % len(files)].suffix.lower()}"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(files[i % len(files)].resolve())
+    return folder
+
+
+def photos_in(folder: Path) -> list[Path]:
+    return [Path(photo.file) for photo in tag.iter_photos([str(folder)])]
+
+
+def benchmark(photos_dir: Path, model_path: Path, *, runs: int = 3, many: int = 20000, many_runs: int = 1,
+              per_process: int = 20) -> dict:
+    files = photos_in(photos_dir)
+    if not files:
+        raise FileNotFoundError(f"{photos_dir}: no photos to time")
+    result = {"photos_dir": str(photos_dir), "model": str(model_path), "cores": os.cpu_count(),
+              "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "rows": {}}
+    rows = result["rows"]
+    with tempfile.TemporaryDirectory(prefix="tag_benchmark_") as work_dir:
+        work = Path(work_dir)
+        rows["cli_loop"] = measure(cli_loop(model_path, files), runs)
+        if per_process:
+            rows["cli_per_process"] = measure(cli_per_process(model_path, files[:per_process]), runs)
+        rows["tagger_batch1"] = measure(tagger(model_path, photos_dir, 1, work), runs)
+        rows["tagger_batch16"] = measure(tagger(model_path, photos_dir, 16, work), runs)
+        if many:
+            folder = repeated(files, many, work / "many")
+            rows[f"tagger_batch16_{many}"] = measure(tagger(model_path, folder, 16, work), many_runs)
+    base = rows["cli_loop"]["photos_per_s"]
+    result["speedup_vs_cli_loop"] = {name: round(row["photos_per_s"] / base, 2) for name, row in rows.items()}
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m landmark_classifier.tag_benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    data_dir = Path(os.environ.get("DATA_DIR", REPO.parent / "shared" / "data"))
+    parser.add_argument("--photos-dir", type=Path, default=data_dir / "landmark_gldv2" / "test",
+                        help="the photos to time (default: %(default)s)")
+    parser.add_argument("--model", type=Path, default=predictor.DEFAULT_MODEL, help="default: %(default)s")
+    parser.add_argument("--runs", type=int, default=3, help="runs per row on --photos-dir (median; default: 3)")
+    parser.add_argument("--many", type=int, default=20000, help="photos of the big run (0: none; default: 20000)")
+    parser.add_argument("--many-runs", type=int, default=1, help="runs of the big one (default: 1)")
+    parser.add_argument("--per-process", type=int, default=20,
+                        help="photos for the one-process-per-photo loop (0: skip; default: 20)")
+    parser.add_argument("--json", type=Path, help="also write the result here")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.many_runs < 1:
+        parser.error("--runs and --many-runs must be at least 1")
+    result = benchmark(args.photos_dir, args.model, runs=args.runs, many=args.many, many_runs=args.many_runs,
+                       per_process=args.per_process)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
