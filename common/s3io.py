@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,19 +128,21 @@ def upload_folder(local_dir: PathOrUri, s3_uri: PathOrUri, *, endpoint_url: str 
     target = _s3_path(s3_uri, endpoint_url, session)
     files = {target / file.relative_to(local).as_posix(): file for file in map(Path, list_files(local))}
     there = _sizes(target) if skip_unchanged else {}
-    new = {dest: file for dest, file in files.items() if there.get(dest.key) != file.stat().st_size}
+    new = {dest: file for dest, file in files.items() if there.get(str(dest)) != file.stat().st_size}
     if new and log:
         log(f"uploading {len(new)} of {len(files)} files of {paths.display(local)} to {target}")
+    # boto3's upload_file: one PUT (multipart when large) per file; S3Path.upload_from would first ask
+    # whether the key is a folder, a HEAD and a LIST more per file
     for dest, file in new.items():
-        dest.upload_from(file, force_overwrite_to_cloud=True)
+        target.client.client.upload_file(str(file), dest.bucket, dest.key)
     return [str(dest) for dest in new]
 
 
 def _sizes(folder: S3Path) -> dict[str, int]:
-    """Size of every object under ``folder`` by key, from one paginated listing."""
-    prefix = folder.key.rstrip("/") + "/" if folder.key else ""
-    pages = folder.client.client.get_paginator("list_objects_v2").paginate(Bucket=folder.bucket, Prefix=prefix)
-    return {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", [])}
+    """The size of each object under ``folder`` by URI, from one paginated listing."""
+    # listed as "data/toy/": the prefix "data/toy" would also list data/toy2/
+    listed = iter_objects(str(folder).rstrip("/") + "/", client=folder.client.client)
+    return {o["uri"]: o["size"] for o in listed}
 
 
 def _s3_path(uri: PathOrUri, endpoint_url: str | None, session: boto3.Session | None = None) -> S3Path:

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from common import paths
+from common import paths, s3io
 
 CODE_CHANNEL = "code"
 CODE_DIR = f"/opt/ml/input/data/{CODE_CHANNEL}"  # where SageMaker puts the code channel's files (File mode)
@@ -339,24 +339,6 @@ def package_source(job: ScriptJob, dest: Path, compute: Compute = Compute()) -> 
     return dest
 
 
-def upload_folder(s3: Any, local: Path, uri: str, log: Callable[[str], None] = print) -> str:
-    """Upload `local`'s files under `uri`, skipping those already there with the same size (a dataset is
-    uploaded once, not per job). Returns `uri` with a trailing slash."""
-    local, uri = Path(local), uri.rstrip("/") + "/"
-    if not local.is_dir():
-        raise FileNotFoundError(f"input folder not found: {local}")
-    bucket, prefix = split_s3(uri)
-    there = {o["Key"]: o["Size"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-             for o in page.get("Contents", [])}
-    files = [p for p in sorted(local.rglob("*")) if p.is_file()]
-    new = [p for p in files if there.get(prefix + p.relative_to(local).as_posix()) != p.stat().st_size]
-    if new:
-        log(f"uploading {len(new)} of {len(files)} files of {paths.display(local)} to {uri}")
-    for p in new:
-        s3.upload_file(str(p), bucket, prefix + p.relative_to(local).as_posix())
-    return uri
-
-
 def pytorch_image(region: str, instance_type: str) -> str:
     from sagemaker.core import image_uris
 
@@ -384,13 +366,12 @@ def submit_script(job: ScriptJob, settings: SageMakerSettings, work_dir: Path, *
     """Package and upload the source and inputs, start the job; returns its name."""
     name = job_name(job.base_name)
     spec = script_job_spec(job, settings, name, session.region_name)
-    s3 = session.client("s3")
-    upload_folder(s3, package_source(job, Path(work_dir) / name / "code", settings.compute), spec.channels[0].s3_uri,
-                  log=lambda _: None)
+    s3io.upload_folder(package_source(job, Path(work_dir) / name / "code", settings.compute), spec.channels[0].s3_uri,
+                       session=session, skip_unchanged=True)
     for channel in spec.channels[1:]:
         local = job.inputs[channel.name]
-        if not str(local).startswith("s3://"):
-            upload_folder(s3, Path(local), channel.s3_uri, log=log)
+        if not str(local).startswith("s3://"):  # a dataset is uploaded once, not per job
+            s3io.upload_folder(local, channel.s3_uri, session=session, skip_unchanged=True, log=log)
     start(spec, session)
     log(f"started training job {name} on {settings.compute.instance_count} x {settings.compute.instance_type}"
         f"{' (spot)' if settings.compute.spot else ''}: https://console.aws.amazon.com/sagemaker/home?region="

@@ -171,6 +171,27 @@ def test_upload_folder_keeps_relative_keys_and_contents(bucket, tmp_path):
     assert {uri.removeprefix(f"{bucket}/artifacts/model/"): s3io.read_bytes(uri) for uri in uploaded} == files
 
 
+def test_upload_folder_skip_unchanged_uploads_only_files_whose_size_changed(bucket, tmp_path):
+    src = tmp_path / "data"
+    for rel, data in {"a.csv": b"1,2\n", "sub/b.bin": b"\x00\x01", "c.txt": b"same"}.items():
+        s3io.write_bytes(src / rel, data)
+    uri, lines = f"{bucket}/data/toy/", []
+    assert len(s3io.upload_folder(src, uri, skip_unchanged=True, log=lines.append)) == 3
+    assert lines == [f"uploading 3 of 3 files of {src} to {uri}"]
+
+    session, calls = boto3.Session(), []
+    session.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    assert s3io.upload_folder(src, uri, session=session, skip_unchanged=True, log=lines.append) == []
+    assert calls == ["ListObjectsV2"]  # one listing of the prefix, no request per file
+    assert len(lines) == 1  # nothing to upload, nothing said
+    (src / "a.csv").write_bytes(b"1,2\n3,4\n")  # a new size
+    (src / "c.txt").write_bytes(b"diff")  # same size: taken as unchanged, as documented
+    assert s3io.upload_folder(src, uri, skip_unchanged=True) == [f"{uri}a.csv"]
+    assert s3io.read_bytes(f"{uri}a.csv") == b"1,2\n3,4\n" and s3io.read_bytes(f"{uri}c.txt") == b"same"
+    # without the option every file goes up again
+    assert len(s3io.upload_folder(src, uri)) == 3
+
+
 def test_folder_errors(bucket, tmp_path):
     with pytest.raises(FileNotFoundError, match="no-such-dir"):
         s3io.upload_folder(tmp_path / "no-such-dir", f"{bucket}/x")

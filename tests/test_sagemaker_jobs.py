@@ -18,7 +18,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from common import paths
+from common import paths, s3io
 from common import sagemaker_jobs as sj
 from tests.scones_aws_fixtures import REGION, ROLE, aws_session  # noqa: F401 (a fixture)
 from tests.sagemaker_harness import start_and_run
@@ -169,10 +169,8 @@ def test_a_job_runs_its_entry_point_from_the_code_channel_and_its_model_comes_ba
     if processes > 1:
         assert "torch.distributed.run --nnodes=1 --nproc_per_node=2 --node_rank=0" in output[0]
     # a second job uploads only the data that changed
-    uploads: list[str] = []
-    s3 = aws_session.client("s3")
-    monkeypatch.setattr(type(s3), "upload_file", lambda self, *a, **k: uploads.append(a[2]), raising=False)
-    sj.upload_folder(s3, data, f"s3://{BUCKET}/ml-portfolio/data/toy/train/", log=lambda _: None)
+    uploads = s3io.upload_folder(data, f"s3://{BUCKET}/ml-portfolio/data/toy/train/", session=aws_session,
+                                 skip_unchanged=True)
     assert uploads == []
 
 
