@@ -22,7 +22,6 @@ test photos are scored once. Known photos are trained on and validated as themse
 from __future__ import annotations
 
 import gzip
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 

@@ -103,7 +103,7 @@ class TransferRun:
 
 def record_transfer(report_dir: str | os.PathLike, profile: str, data: LandmarkData, run: TransferRun) -> Path:
     """Add the transfer-learning part (headline, summary, tables, figures, details) to metrics.json."""
-    selection, chosen, result = run.comparison.selection, run.comparison.selection.chosen, run.test
+    selection, result = run.comparison.selection, run.test
     scratch = report.read_metrics(report_dir).get("summary", {}).get("scratch CNN test accuracy")
     data_label = ("real GLDv2 photos, 12 landmarks (not the Udacity 50)" if data.name == GLDV2_FOLDER
                   else data.source.split(";")[0])
