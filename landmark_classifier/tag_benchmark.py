@@ -1,6 +1,7 @@
 """The bulk tagger (`src/tag.py`) against the one-file CLI, in photos per second and peak memory.
 
     python -m landmark_classifier.tag_benchmark [--photos-dir DIR] [--runs 3] [--many 20000] [--many-runs 1]
+                                                [--phone 40] [--phone-size 4032x3024]
 
 In one process, on the real test photos (DATA_DIR/landmark_gldv2/test, 414 photos) unless
 --photos-dir is given, each measured --runs times (the median is reported):
@@ -10,9 +11,13 @@ In one process, on the real test photos (DATA_DIR/landmark_gldv2/test, 414 photo
 - `cli_per_process`: a shell loop starting the CLI once per photo (`for f in *.jpg; do python -m ...
   predictor --json "$f"; done`), on the first --per-process photos only (each start loads ONNX Runtime
   and the model: seconds, not milliseconds);
-- `tagger_batch1`: the tagger with --batch 1 (each photo at its own size, decoded on the thread pool);
-- `tagger_batch16`: the tagger with --batch 16 (photos resized in the decode threads, one ONNX run per 16);
-- and the tagger (--batch 16) on --many photos: the test photos repeated by symlinks in a temp folder
+- `tagger`: the tagger as it runs by default (each photo decoded and predicted at its own size in one of
+  the pool's threads, one ONNX Runtime thread each; lines written + fsynced 32 at a time);
+- `tagger_onnx_batch16`: the tagger with --onnx-batch 16 (photos resized to one size in the threads,
+  16 photos per ONNX run in the main thread);
+- `cli_loop_phone`, `tagger_phone`: the first --phone photos re-encoded as phone-sized JPEGs
+  (--phone-size, default 4032 x 3024, 12 MP, quality 90), where decoding, not the model, dominates;
+- `tagger_<many>`: the tagger on --many photos: the test photos repeated by symlinks in a temp folder
   (so the page cache holds them: this measures decoding and the model, not a disk).
 
 Each row: photos/s and the process's peak resident memory during that measurement (sampled every
@@ -31,6 +36,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from landmark_classifier.src import predictor, tag
@@ -98,12 +104,24 @@ def cli_per_process(model_path: Path, files: list[Path]) -> Callable[[], int]:
     return work
 
 
-def tagger(model_path: Path, folder: Path, batch: int, work_dir: Path) -> Callable[[], int]:
+def tagger(model_path: Path, folder: Path, onnx_batch: int, work_dir: Path) -> Callable[[], int]:
     def work() -> int:
         out = Path(tempfile.mkdtemp(dir=work_dir)) / "tags.jsonl"  # a fresh file: nothing to resume
-        summary = tag.run([str(folder)], tag.TagConfig(out, model_path, batch=batch, progress=False))
+        summary = tag.run([str(folder)], tag.TagConfig(out, model_path, onnx_batch=onnx_batch, progress=False))
         return summary.new
     return work
+
+
+def reencoded(files: list[Path], size: tuple[int, int], folder: Path) -> Path:
+    """`files` resized to `size` (landscape; portrait photos turned) and saved as JPEG quality 90."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i, file in enumerate(files):
+        with Image.open(file) as image:
+            shape = size if image.width >= image.height else size[::-1]
+            image.convert("RGB").resize(shape, Image.Resampling.BICUBIC).save(folder / f"{i:04d}.jpg", quality=90)
+    return folder
 
 
 def repeated(files: list[Path], count: int, folder: Path) -> Path:
@@ -119,26 +137,40 @@ def photos_in(folder: Path) -> list[Path]:
     return [Path(photo.file) for photo in tag.iter_photos([str(folder)])]
 
 
-def benchmark(photos_dir: Path, model_path: Path, *, runs: int = 3, many: int = 20000, many_runs: int = 1,
-              per_process: int = 20) -> dict:
+@dataclass(frozen=True)
+class Plan:
+    """What to time besides the photos themselves."""
+    runs: int = 3
+    many: int = 20000
+    many_runs: int = 1
+    per_process: int = 20
+    phone: int = 40
+    phone_size: tuple[int, int] = (4032, 3024)
+
+
+def benchmark(photos_dir: Path, model_path: Path, plan: Plan = Plan()) -> dict:
     files = photos_in(photos_dir)
     if not files:
         raise FileNotFoundError(f"{photos_dir}: no photos to time")
     result = {"photos_dir": str(photos_dir), "model": str(model_path), "cores": os.cpu_count(),
-              "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "rows": {}}
-    rows = result["rows"]
+              "plan": asdict(plan), "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "rows": {}}
+    rows, runs = result["rows"], plan.runs
     with tempfile.TemporaryDirectory(prefix="tag_benchmark_") as work_dir:
         work = Path(work_dir)
         rows["cli_loop"] = measure(cli_loop(model_path, files), runs)
-        if per_process:
-            rows["cli_per_process"] = measure(cli_per_process(model_path, files[:per_process]), runs)
-        rows["tagger_batch1"] = measure(tagger(model_path, photos_dir, 1, work), runs)
-        rows["tagger_batch16"] = measure(tagger(model_path, photos_dir, 16, work), runs)
-        if many:
-            folder = repeated(files, many, work / "many")
-            rows[f"tagger_batch16_{many}"] = measure(tagger(model_path, folder, 16, work), many_runs)
-    base = rows["cli_loop"]["photos_per_s"]
-    result["speedup_vs_cli_loop"] = {name: round(row["photos_per_s"] / base, 2) for name, row in rows.items()}
+        if plan.per_process:
+            rows["cli_per_process"] = measure(cli_per_process(model_path, files[:plan.per_process]), runs)
+        rows["tagger"] = measure(tagger(model_path, photos_dir, 1, work), runs)
+        rows["tagger_onnx_batch16"] = measure(tagger(model_path, photos_dir, 16, work), runs)
+        if plan.phone:
+            phone = reencoded(files[:plan.phone], plan.phone_size, work / "phone")
+            rows["cli_loop_phone"] = measure(cli_loop(model_path, photos_in(phone)), runs)
+            rows["tagger_phone"] = measure(tagger(model_path, phone, 1, work), runs)
+        if plan.many:
+            folder = repeated(files, plan.many, work / "many")
+            rows[f"tagger_{plan.many}"] = measure(tagger(model_path, folder, 1, work), plan.many_runs)
+    base = {name: rows["cli_loop_phone" if "phone" in name else "cli_loop"]["photos_per_s"] for name in rows}
+    result["speedup_vs_cli_loop"] = {name: round(row["photos_per_s"] / base[name], 2) for name, row in rows.items()}
     result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
@@ -155,12 +187,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--many-runs", type=int, default=1, help="runs of the big one (default: 1)")
     parser.add_argument("--per-process", type=int, default=20,
                         help="photos for the one-process-per-photo loop (0: skip; default: 20)")
+    parser.add_argument("--phone", type=int, default=40, help="photos re-encoded phone-sized (0: skip; default: 40)")
+    parser.add_argument("--phone-size", default="4032x3024", help="their size, WxH (default: %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.many_runs < 1:
         parser.error("--runs and --many-runs must be at least 1")
-    result = benchmark(args.photos_dir, args.model, runs=args.runs, many=args.many, many_runs=args.many_runs,
-                       per_process=args.per_process)
+    try:
+        phone_size = tuple(int(v) for v in args.phone_size.lower().split("x"))
+        assert len(phone_size) == 2 and min(phone_size) > 0
+    except (ValueError, AssertionError):
+        parser.error(f"--phone-size must be WxH, e.g. 4032x3024, got {args.phone_size!r}")
+    plan = Plan(args.runs, args.many, args.many_runs, args.per_process, args.phone, phone_size)
+    result = benchmark(args.photos_dir, args.model, plan)
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:

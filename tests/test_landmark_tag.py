@@ -57,7 +57,7 @@ def _gps_jpeg(path: Path, latitude: tuple, lat_ref: str, longitude: tuple, lon_r
 def test_every_photo_gets_the_predictors_json_line(library, tiny_predictor, tmp_path, capsys):  # noqa: F811
     model_path, _ = tiny_predictor
     out = tmp_path / "tags.jsonl"
-    assert tag.main([str(library), "--out", str(out), "--model", str(model_path), "--batch", "1", "-k", "2",
+    assert tag.main([str(library), "--out", str(out), "--model", str(model_path), "--batch", "3", "-k", "2",
                      "--quiet", "--summary-json", str(tmp_path / "summary.json")]) == 0
     lines = _lines(out)
     photos = sorted(library.rglob("*/nested/*.jpg"))
@@ -68,7 +68,7 @@ def test_every_photo_gets_the_predictors_json_line(library, tiny_predictor, tmp_
         assert set(line) == PHOTO_KEYS and line["gps"] is None and line["source"] == "model"
         stat = photo.stat()
         assert line["version"] == f"{stat.st_size}:{stat.st_mtime_ns}"
-        # --batch 1: each photo at its own size, exactly the one-file CLI's answer
+        # --onnx-batch 1 (the default): each photo at its own size, exactly the one-file CLI's answer
         expected = predictor.predict(served, photo, k=2).as_json(str(photo), shown)
         assert {key: line[key] for key in expected} == expected
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -83,7 +83,8 @@ def test_batches_of_one_size_agree_with_the_one_file_predictor(library, tiny_pre
     out = tmp_path / "tags.jsonl"
     big = Image.open(next(library.rglob("nested/*.jpg"))).resize((1001, 613))  # draft-mode sized, odd crop offsets
     big.save(library / "big.jpg", quality=90)
-    assert tag.main([str(library), "--out", str(out), "--model", str(model_path), "--batch", "3", "--quiet"]) == 0
+    assert tag.main([str(library), "--out", str(out), "--model", str(model_path), "--onnx-batch", "3", "--batch", "4",
+                     "--quiet"]) == 0
     served = predictor.load(model_path)
     lines = _lines(out)
     assert len(lines) == len(list(library.rglob("*.jpg"))) - 1  # the hidden one skipped
@@ -219,13 +220,13 @@ def test_resume_after_kill_9_gives_exactly_one_line_per_photo(tmp_path, tiny_dat
     folder = tmp_path / "many"
     folder.mkdir()
     photos = _photos(tiny_dataset)
-    for i in range(60):  # symlinks, as a library of links would be
+    for i in range(200):  # symlinks, as a library of links would be
         (folder / f"{i:03d}.jpg").symlink_to(photos[i % len(photos)])
     out = tmp_path / "tags.jsonl"
     command = [sys.executable, "-m", "landmark_classifier.src.tag", str(folder), "--out", str(out),
                "--model", str(model_path), "--batch", "2", "--workers", "2", "--quiet"]
     rng = random.Random(int(os.environ.get("PYTEST_SEED", "0")) or None)
-    target = rng.randint(1, 50)
+    target = rng.randint(1, 120)
     process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
@@ -285,12 +286,14 @@ def test_the_benchmark_times_every_row_and_the_big_library(tiny_dataset, tiny_pr
     model_path, _ = tiny_predictor
     out = tmp_path / "bench.json"
     assert tag_benchmark.main(["--photos-dir", str(tiny_dataset.root / "test"), "--model", str(model_path),
-                               "--runs", "1", "--many", "15", "--per-process", "1", "--json", str(out)]) == 0
+                               "--runs", "1", "--many", "15", "--per-process", "1", "--phone", "2", "--phone-size", "640x480",
+                               "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     photos = len(_photos(tiny_dataset))
-    assert set(result["rows"]) == {"cli_loop", "cli_per_process", "tagger_batch1", "tagger_batch16",
-                                   "tagger_batch16_15"}
-    assert result["rows"]["cli_loop"]["photos"] == result["rows"]["tagger_batch16"]["photos"] == photos
-    assert result["rows"]["tagger_batch16_15"]["photos"] == 15 and result["rows"]["cli_per_process"]["photos"] == 1
+    assert set(result["rows"]) == {"cli_loop", "cli_per_process", "tagger", "tagger_onnx_batch16", "tagger_15",
+                                   "cli_loop_phone", "tagger_phone"}
+    assert result["rows"]["cli_loop"]["photos"] == result["rows"]["tagger_onnx_batch16"]["photos"] == photos
+    assert result["rows"]["tagger_15"]["photos"] == 15 and result["rows"]["cli_per_process"]["photos"] == 1
+    assert result["rows"]["tagger_phone"]["photos"] == result["rows"]["cli_loop_phone"]["photos"] == 2
     assert all(row["photos_per_s"] > 0 and row["peak_rss_mb"] > 0 for row in result["rows"].values())
     assert result["speedup_vs_cli_loop"]["cli_loop"] == 1.0

@@ -2,9 +2,9 @@
 
 `python -m landmark_classifier.src.tag SOURCE... --out tags.jsonl` streams the sources (folders are
 walked one directory at a time, S3 prefixes listed one page at a time: millions of photos are never
-listed into memory), decodes photos on a thread pool (PIL releases the GIL; large JPEGs are decoded
-at 1/2-1/8 scale with libjpeg's draft mode, never below twice the model's resize size), runs the
-exported ONNX predictor on batches, and appends one line per photo to --out:
+listed into memory), decodes and predicts photos on a thread pool (PIL and ONNX Runtime release the
+GIL; large JPEGs are decoded at 1/2-1/8 scale with libjpeg's draft mode, never below twice the model's
+resize size), and appends one line per photo to --out, a batch of --batch lines at a time:
 
     {"file", "landmark" (null: no known landmark), "confidence", "top": [[name, p], ...],   <- predictor --json
      "gps": {"latitude", "longitude"} or null, "source": "metadata" | "model", "version"}
@@ -18,11 +18,12 @@ Safe to kill: lines are appended a batch at a time with flush + fsync, so a kill
 batch in flight; a half-written last line is dropped when the next run starts; an exclusive lock
 (fcntl.flock on OUT.lock) stops a second run on the same --out.
 
-Batching: the predictor takes N x 3 x H x W of one size and resizes inside its graph, so with
---batch > 1 each decode thread resizes its photo to the graph's resize size (the same antialiased
-bilinear resize) and keeps the square window that holds the graph's centre crop; all photos then
-share one size. --batch 1 hands each photo to the graph at its own size, as the one-file CLI does.
-tag_benchmark.py measures both.
+ONNX batches: the predictor takes N x 3 x H x W of one size and resizes inside its graph. By default
+(--onnx-batch 1) each thread runs its own photo at its own size, one ONNX Runtime thread each, as the
+one-file CLI does. With --onnx-batch N > 1 each thread instead resizes its photo to the graph's resize
+size (the same antialiased bilinear resize) and keeps the square window that holds the graph's centre
+crop, so all photos share one size and the main thread runs them N at a time. Measured on 2 cores
+(tag_benchmark.py), one photo per run was faster: batches cost more per photo on the CPU.
 """
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ class TagConfig:
     out: Path
     model: Path = predictor.DEFAULT_MODEL
     k: int = 5
-    batch: int = 16  # photos per ONNX run (1: each photo at its own size)
+    batch: int = 32  # lines per write + fsync (a kill loses at most these)
+    onnx_batch: int = 1  # photos per ONNX run (1: each photo at its own size, predicted in its thread)
     workers: int = max(2, os.cpu_count() or 2)  # decoding threads
     threads: int = 1  # ONNX Runtime intra-op threads
     endpoint_url: str | None = None  # S3 endpoint (MinIO, moto server); default: boto3's resolution
@@ -176,8 +178,13 @@ class Decoder:
     resize: int
     crop: int
     square: bool  # resize in the thread to the graph's square window (batches of one size)
+    labeller: Labeller | None = None  # given: predict in the thread too (one photo per ONNX run)
 
-    def __call__(self, photo: Photo) -> tuple[np.ndarray, dict | None]:
+    def __call__(self, photo: Photo) -> tuple[np.ndarray | predictor.Prediction, dict | None]:
+        array, gps = self.decode(photo)
+        return (self.labeller.predictions([array])[0] if self.labeller else array), gps
+
+    def decode(self, photo: Photo) -> tuple[np.ndarray, dict | None]:
         opened = _open(photo)
         gps = None
         if isinstance(opened, Image.Image):
@@ -390,17 +397,21 @@ def _batches(photos: Iterator[Photo], pool: ThreadPoolExecutor, decoder: Decoder
         yield [window.popleft() for _ in range(min(size, len(window)))]
 
 
-def _tag_batch(batch: list[tuple[Photo, Future]], labeller: Labeller) -> list[dict]:
-    decoded, records = [], {}
+def _tag_batch(batch: list[tuple[Photo, Future]], labeller: Labeller, onnx_batch: int) -> list[dict]:
+    """The batch's lines, in order: predicted in the threads, or here `onnx_batch` photos a run."""
+    results, records = [], {}
     for index, (photo, future) in enumerate(batch):
         try:
-            decoded.append((index, photo, *future.result()))
+            results.append((index, photo, *future.result()))
         except Exception as err:  # noqa: BLE001 - any photo's failure is its error line, never the run's end
             records[index] = error_line(photo, err)
-    if decoded:
-        predictions = labeller.predictions([array for _, _, array, _ in decoded])
-        for (index, photo, _, gps), prediction in zip(decoded, predictions):
-            records[index] = labeller.line(photo, prediction, gps)
+    arrays = [r for r in results if isinstance(r[2], np.ndarray)]
+    predicted = {}
+    for start in range(0, len(arrays), onnx_batch):
+        chunk = arrays[start:start + onnx_batch]
+        predicted.update(zip((index for index, *_ in chunk), labeller.predictions([a for _, _, a, _ in chunk])))
+    for index, photo, result, gps in results:
+        records[index] = labeller.line(photo, predicted.get(index, result), gps)
     return [records[i] for i in range(len(batch))]
 
 
@@ -410,8 +421,10 @@ def run(sources: list[str], config: TagConfig) -> Summary:
 
     model = predictor.load(config.model, threads=config.threads)
     labeller = Labeller(model, config.k)
+    in_threads = config.onnx_batch == 1
     decoder = Decoder(int(model.metadata.get("resize_size", 256)), int(model.metadata.get("crop_size", 224)),
-                      square=config.batch > 1 and "resize_size" in model.metadata)
+                      square=not in_threads and "resize_size" in model.metadata,
+                      labeller=labeller if in_threads else None)
     config.out.parent.mkdir(parents=True, exist_ok=True)
     summary = Summary()
     with lock(config.out):
@@ -424,7 +437,7 @@ def run(sources: list[str], config: TagConfig) -> Summary:
                     ThreadPoolExecutor(config.workers, thread_name_prefix="decode") as pool:
                 photos = _pending(iter_photos(sources, config.endpoint_url), done, summary)
                 for batch in _batches(photos, pool, decoder, config.batch):
-                    records = _tag_batch(batch, labeller)
+                    records = _tag_batch(batch, labeller, config.onnx_batch)
                     append(out, records)
                     for record in records:
                         summary.add(record)
@@ -440,7 +453,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m landmark_classifier.src.tag",
         description="Tag every photo under files, folders or s3:// prefixes with its landmark (or 'no known landmark') "
                     "and its EXIF GPS position, one JSON line per photo appended to --out. Resumable: a rerun skips "
-                    "photos already in --out; a killed run loses at most the batch in flight.")
+                    "photos already in --out; a killed run loses at most the batch in flight.",
+        epilog='Each line: {"file", "landmark" (null: no known landmark), "confidence", "top": [[name, p], ...], '
+               '"gps": {"latitude", "longitude"} or null, "source": "metadata" (EXIF GPS) or "model", "version"}; '
+               'an unreadable file: {"file", "error", "kind", "version"}. The summary goes to stderr. Exit code 0 '
+               'when every photo has its line (error lines included), 2 when the model or --out cannot be used.')
     parser.add_argument("sources", nargs="+", metavar="SOURCE",
                         help="image files, folders (walked recursively, image files only) or s3://bucket/prefix")
     parser.add_argument("--out", required=True, type=Path, help="the JSON Lines file to append to (e.g. tags.jsonl)")
@@ -448,18 +465,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="exported predictor, an .onnx file (default: the committed %(default)s)")
     parser.add_argument("-k", type=int, default=5, help="guesses per photo (default: 5)")
     parser.add_argument("--batch", type=int, default=TagConfig.batch,
-                        help="photos per ONNX run (default: %(default)s; 1: each photo at its own size, as the CLI)")
-    parser.add_argument("--workers", type=int, default=TagConfig.workers, help="decoding threads (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default: 1)")
+                        help="lines per write + fsync: a kill loses at most these (default: %(default)s)")
+    parser.add_argument("--onnx-batch", type=int, default=1,
+                        help="photos per ONNX run (default: 1, each photo at its own size in its thread: "
+                             "measured faster on the CPU; N > 1 resizes photos to one size and runs N at once)")
+    parser.add_argument("--workers", type=int, default=TagConfig.workers,
+                        help="threads decoding and predicting (default: one per core, %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per run (default: 1)")
     parser.add_argument("--endpoint-url", help="S3 endpoint (MinIO, LocalStack); default: boto3's")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--summary-json", type=Path, help="also write the summary here as JSON")
     args = parser.parse_args(argv)
-    for name in ("k", "batch", "workers", "threads"):
+    for name in ("k", "batch", "onnx_batch", "workers", "threads"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
-    config = TagConfig(args.out, args.model, args.k, args.batch, args.workers, args.threads, args.endpoint_url,
-                       progress=not args.quiet)
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    config = TagConfig(args.out, args.model, args.k, args.batch, args.onnx_batch, args.workers, args.threads,
+                       args.endpoint_url, progress=not args.quiet)
     try:
         summary = run(args.sources, config)
     except (ModelFileError, OutputLocked, ValueError) as err:
