@@ -297,3 +297,14 @@ def test_the_benchmark_times_every_row_and_the_big_library(tiny_dataset, tiny_pr
     assert result["rows"]["tagger_phone"]["photos"] == result["rows"]["cli_loop_phone"]["photos"] == 2
     assert all(row["photos_per_s"] > 0 and row["peak_rss_mb"] > 0 for row in result["rows"].values())
     assert result["speedup_vs_cli_loop"]["cli_loop"] == 1.0
+
+
+def test_a_missing_source_or_an_unwritable_out_is_a_clear_error(library, tiny_predictor, tmp_path, capsys):  # noqa: F811
+    model_path, _ = tiny_predictor
+    with pytest.raises(SystemExit):
+        tag.main([str(library), str(tmp_path / "Picturs"), "--out", str(tmp_path / "t.jsonl"), "--quiet"])
+    assert "no such file or folder" in capsys.readouterr().err and not (tmp_path / "t.jsonl").exists()
+    (tmp_path / "folder.jsonl").mkdir()
+    assert tag.main([str(library), "--out", str(tmp_path / "folder.jsonl"), "--model", str(model_path),
+                     "--quiet"]) == 2
+    assert "folder.jsonl" in capsys.readouterr().err

@@ -476,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--summary-json", type=Path, help="also write the summary here as JSON")
     args = parser.parse_args(argv)
+    missing = [source for source in args.sources if not source.startswith("s3://") and not Path(source).exists()]
+    if missing:
+        parser.error(f"no such file or folder: {', '.join(missing)}")
     for name in ("k", "batch", "onnx_batch", "workers", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -483,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
                        args.endpoint_url, progress=not args.quiet)
     try:
         summary = run(args.sources, config)
-    except (ModelFileError, OutputLocked, ValueError) as err:
+    except (ModelFileError, OutputLocked, ValueError, OSError) as err:  # OSError: --out cannot be written
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
