@@ -215,7 +215,8 @@ def test_a_broken_output_file_is_named(tmp_path):
         tag.read_done(out, tag.Summary())
 
 
-def test_resume_after_kill_9_gives_exactly_one_line_per_photo(tmp_path, tiny_dataset, tiny_predictor):  # noqa: F811
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill -9", "ctrl+c"])
+def test_resume_after_a_kill_gives_exactly_one_line_per_photo(stop, tmp_path, tiny_dataset, tiny_predictor):  # noqa: F811
     model_path, _ = tiny_predictor
     folder = tmp_path / "many"
     folder.mkdir()
@@ -227,18 +228,22 @@ def test_resume_after_kill_9_gives_exactly_one_line_per_photo(tmp_path, tiny_dat
                "--model", str(model_path), "--batch", "2", "--workers", "2", "--quiet"]
     rng = random.Random(int(os.environ.get("PYTEST_SEED", "0")) or None)
     target = rng.randint(1, 120)
-    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
         if out.exists() and out.read_bytes().count(b"\n") >= target:
             break
         time.sleep(0.005)
     time.sleep(rng.random() * 0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL  # killed mid-run, not finished
-    assert out.read_bytes().count(b"\n") < len(list(folder.iterdir()))
-    with open(out, "ab") as f:  # and as if the kill had come in the middle of a write
-        f.write(b'{"file": "' + str(folder / "000.jpg").encode() + b'", "landm')
+    os.kill(process.pid, stop)
+    error = process.communicate(timeout=60)[1]
+    assert out.read_bytes().count(b"\n") < len(list(folder.iterdir()))  # stopped mid-run, not finished
+    if stop == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL
+        with open(out, "ab") as f:  # and as if the kill had come in the middle of a write
+            f.write(b'{"file": "' + str(folder / "000.jpg").encode() + b'", "landm')
+    else:
+        assert process.returncode == 130 and "interrupted" in error and out.read_bytes().endswith(b"\n")
     assert subprocess.run(command, cwd=REPO, stderr=subprocess.PIPE, timeout=120).returncode == 0
     lines = _lines(out)
     assert sorted(line["file"] for line in lines) == sorted(str(p) for p in folder.iterdir())
