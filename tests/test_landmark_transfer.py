@@ -38,7 +38,7 @@ def test_a_backbone_that_would_overrun_the_budget_is_skipped_with_the_reason(mon
 
     def fake_prepare(backbone, train, valid, config, cache_dir):
         acts = Activations(torch.zeros(1), torch.zeros(1), seconds=300.0)
-        return transfer.BackboneData(backbone, None, None, acts, acts, None, None)
+        return transfer.BackboneData(backbone, None, None, acts, acts, None, None, None)
 
     def fake_fit(data, config, extraction):
         return [_candidate(data.backbone, 0.9, 0.3, seconds=extraction + 10)]
