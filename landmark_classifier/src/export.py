@@ -26,24 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.serving import export_onnx, save_torchscript
+from landmark_classifier.src.resize import resized_size, round_half_even_div  # noqa: F401 - part of this API
 
 INPUT_CONTRACT = "uint8 N x 3 x H x W RGB, any size"
 MAX_FILE_MB = 30
-
-
-def round_half_even_div(num: int, den: int) -> int:
-    """round(num / den) for num >= 0, den > 0, with ties to even, in integer operations only."""
-    twice = 2 * num + den
-    up = twice // (2 * den)  # round half up
-    tie = (2 * den - twice % (2 * den)) // (2 * den)  # 1 exactly at a tie, else 0
-    return up - tie * (up % 2)
-
-
-def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
-    """(height, width) after resizing the short side to `size`, keeping the aspect ratio."""
-    taller = 1 - 1 // ((height - 1) // width + 1)  # 1 if height > width else 0, without a comparison
-    short = width * taller + height * (1 - taller)
-    return round_half_even_div(height * size, short), round_half_even_div(width * size, short)
 
 
 @dataclass(frozen=True)

@@ -109,15 +109,22 @@ def predict(model: OnnxModel, image: Any, k: int = 5, name: str | None = None) -
     file's threshold, with the k best guesses either way."""
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    outputs = model.run_all(to_array(image, name)[None])
-    scores = next(iter(outputs.values()))[0]  # the first output: the probabilities
-    known = outputs.get("known_score")
-    known_score = float(known[0]) if known is not None else float(scores.max())
+    return predictions(model, model.run_all(to_array(image, name)[None]), k)[0]
+
+
+def predictions(model: OnnxModel, outputs: dict[str, np.ndarray], k: int = 5) -> list[Prediction]:
+    """One Prediction per row of the file's outputs for a batch (`OnnxModel.run_all`): the file's
+    rule applied to its known score (an older file without one: the top probability, accepted)."""
+    scores = next(iter(outputs.values()))  # the first output: the probabilities
+    known = outputs.get("known_score", scores.max(axis=1))
     threshold = float(open_set_rule(model)["threshold"])
-    order = np.argsort(-scores, kind="stable")[:k]
-    top = [(model.class_names[i], float(scores[i])) for i in order]
-    landmark = top[0][0] if known_score >= threshold else None
-    return Prediction(landmark, top[0][1], top, known_score, threshold)
+    answers = []
+    for row, known_score in zip(scores, known):
+        order = np.argsort(-row, kind="stable")[:k]
+        top = [(model.class_names[i], float(row[i])) for i in order]
+        landmark = top[0][0] if float(known_score) >= threshold else None
+        answers.append(Prediction(landmark, top[0][1], top, float(known_score), threshold))
+    return answers
 
 
 def main(argv: list[str] | None = None) -> int:

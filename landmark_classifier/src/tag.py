@@ -49,6 +49,7 @@ from common import s3io
 from common.images import ImageError, load_image
 from common.serving import ModelFileError, OnnxModel
 from landmark_classifier.src import predictor
+from landmark_classifier.src.resize import resized_size
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 GPS_IFD = ExifTags.IFD.GPSInfo  # 0x8825
@@ -157,19 +158,11 @@ def square_window(image: Image.Image, resize: int, crop: int) -> Image.Image:
     """The graph's resize (short side to `resize`, antialiased bilinear) done here, keeping the
     `resize` x `resize` square whose centre crop is the graph's centre crop of the whole photo."""
     width, height = image.size
-    short = min(width, height)
-    new_width, new_height = _half_even(width * resize, short), _half_even(height * resize, short)
+    new_height, new_width = resized_size(height, width, resize)
     image = image.resize((new_width, new_height), Image.Resampling.BILINEAR)
     inner = (resize - crop) // 2
     left, top = (new_width - crop) // 2 - inner, (new_height - crop) // 2 - inner
     return image.crop((left, top, left + resize, top + resize))
-
-
-def _half_even(num: int, den: int) -> int:
-    """round(num / den), ties to even, in integers: the graph's `export.round_half_even_div` (imported
-    from export.py it would pull torch into the tagger)."""
-    quotient, remainder = divmod(num, den)
-    return quotient + (2 * remainder > den or (2 * remainder == den and quotient % 2 == 1))
 
 
 @dataclass(frozen=True)
@@ -219,26 +212,15 @@ class Labeller:
     model: OnnxModel
     k: int
     shown: dict[str, str] = field(init=False)
-    threshold: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.shown = dict(zip(self.model.class_names, predictor.display_names(self.model)))
-        self.threshold = float(predictor.open_set_rule(self.model)["threshold"])
 
     def predictions(self, arrays: list[np.ndarray]) -> list[predictor.Prediction]:
         """One Prediction per array: one ONNX run when they share a size, else one run each."""
         if len({a.shape for a in arrays}) > 1:
             return [p for a in arrays for p in self.predictions([a])]
-        outputs = self.model.run_all(np.stack(arrays))
-        scores = next(iter(outputs.values()))  # the first output: the probabilities
-        known = outputs.get("known_score", scores.max(axis=1))
-        return [self._prediction(row, float(score)) for row, score in zip(scores, known)]
-
-    def _prediction(self, scores: np.ndarray, known: float) -> predictor.Prediction:
-        order = np.argsort(-scores, kind="stable")[:self.k]  # as predictor.predict ranks them
-        top = [(self.model.class_names[i], float(scores[i])) for i in order]
-        landmark = top[0][0] if known >= self.threshold else None
-        return predictor.Prediction(landmark, top[0][1], top, known, self.threshold)
+        return predictor.predictions(self.model, self.model.run_all(np.stack(arrays)), self.k)
 
     def line(self, photo: Photo, prediction: predictor.Prediction, gps: dict | None) -> dict[str, Any]:
         return {**prediction.as_json(photo.file, self.shown), "gps": gps,
