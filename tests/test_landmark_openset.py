@@ -35,7 +35,8 @@ def test_separation_and_the_feature_scores_rank_known_photos_first():
     features = centres[labels] + torch.from_numpy(rng.normal(size=(200, 4))).float()
     near = centres[torch.tensor([0, 1])] + 0.1
     far = torch.tensor([[0.0, 0, 6, 0], [0, 0, 0, -6]])
-    for score in (openset.Mahalanobis(features, labels), openset.KNN(features, k=5)):
+    knn = openset.KNN(features, max_k=5)
+    for score in (openset.Mahalanobis(features, labels), lambda x: knn(x, 5), lambda x: knn(x, 1)):
         assert score(near).min() > score(far).max()
 
 
@@ -76,23 +77,37 @@ def test_the_protocol_scores_every_method_on_every_rotation():
     photos = openset.Photos(_known(4, 12, 1), _known(4, 6, 2), _known(4, 6, 3),
                             outliers=_clusters(1, 30, 4, shift=8.0)[0],
                             non_landmarks={"far": _clusters(1, 10, 5, shift=-8.0)[0]})
-    config = openset.OpenSetConfig(heldout=1, rotations=2, knn_k=3)
+    config = openset.OpenSetConfig(heldout=1, rotations=2, knn_ks=(1, 3))
     rows = openset.heldout_protocol(_top(), photos, FinetuneConfig(epochs=2, lr=1e-2, batch_size=16), config)
-    assert len(rows) == 2 * len(openset.METHODS)
-    assert {r["method"] for r in rows} == set(openset.METHODS)
+    assert len(rows) == 2 * len(openset.method_names(config)) == 2 * (len(openset.METHODS) + 1)
+    assert {r["method"] for r in rows} == set(openset.method_names(config))
     for row in rows:
         assert 0 <= row["validation"]["auroc"] <= 1 and 0 <= row["turned away: far"] <= 1
         assert 0 <= row["known photos kept"] <= 1 and 0 <= row["closed-set accuracy"] <= 1
     table = openset.summarise(rows)
-    assert [r["method"] for r in table] == list(openset.METHODS)
+    assert [r["method"] for r in table] == openset.method_names(config)
     assert openset.choose(table)["validation fpr_at_tpr"] == min(r["validation fpr_at_tpr"] for r in table)
+
+
+def test_k_of_knn_is_chosen_like_a_method_and_shipped():
+    """Each k is its own row of the protocol; the rule of "knn k=K" ships K (not the largest k searched)."""
+    torch.manual_seed(0)
+    train, valid = _known(3, 20, 1), _known(3, 8, 2)
+    config = openset.OpenSetConfig(knn_ks=(1, 5))
+    model = openset.fit_model(_top(), train, valid, FinetuneConfig(epochs=2, lr=1e-2, batch_size=16), config)
+    one, five = (model.scores(valid.photos, f"knn k={k}")[0] for k in (1, 5))
+    assert (one >= five).all() and (one > five).any()  # the nearest photo is never farther than the 5th
+    rule = openset.rule_for(model, "knn k=1", valid, config)
+    assert (rule.method, rule.k, rule.note["chosen"]) == ("knn", 1, "knn k=1")
+    with pytest.raises(ValueError, match="knn k=K"):
+        model.scores(valid.photos, "knn")
 
 
 def test_outlier_exposure_lowers_the_confidence_on_outliers():
     torch.manual_seed(0)
     train, valid = _known(3, 20, 1), _known(3, 8, 2)
     outliers = _clusters(1, 40, 4, shift=4.0)[0]
-    tune, config = FinetuneConfig(epochs=6, lr=1e-2, batch_size=16, outlier_weight=1.0), openset.OpenSetConfig(knn_k=3)
+    tune, config = FinetuneConfig(epochs=6, lr=1e-2, batch_size=16, outlier_weight=1.0), openset.OpenSetConfig(knn_ks=(3,))
     plain = openset.fit_model(_top(), train, valid, tune, config)
     exposed = openset.fit_model(_top(), train, valid, tune, config, outliers=outliers)
     mean_msp = lambda m: m.scores(outliers, "msp")[0].mean()  # noqa: E731
@@ -158,7 +173,7 @@ def test_a_photo_above_the_threshold_is_named(tiny_dataset, tmp_path, capsys):
 
 def test_the_files_knn_score_is_scikit_learns():
     features, bank = torch.randn(7, 6), torch.randn(30, 6)
-    expected = openset.KNN(bank, k=4)(features)
-    rule = export.OpenSetRule("knn", 1.0, 0.0, bank=openset.KNN(bank, k=4).bank, k=4)
+    expected = openset.KNN(bank, max_k=10)(features, 4)
+    rule = export.OpenSetRule("knn", 1.0, 0.0, bank=openset.KNN(bank, max_k=10).bank, k=4)
     got = export.KnownScore(rule)(features, torch.zeros(7, 3)).numpy()
     assert np.allclose(got, expected, atol=2e-3)  # the bank is stored float16
