@@ -1,4 +1,4 @@
-"""Training on SageMaker: the one launcher every project uses, on the SageMaker SDK v3's core
+"""Training (and Batch Transform) on SageMaker: the one launcher every project uses, on the SageMaker SDK v3's core
 (`sagemaker.core.resources.TrainingJob` and its request shapes; imported lazily, only AWS runs need it).
 
     settings = notebook_settings("sagemaker", role_arn, bucket, "ml.g5.xlarge", instance_count=2, spot=True)
@@ -19,6 +19,10 @@ cryptography 51.0.1 to 50.0.2 (mlflow pins < 51), for what `TrainingJob.create` 
 script do here. Note: SageMaker's own waiter and `TrainingJob.wait()` return on Stopped; `wait` below
 treats Stopped (MaxRuntimeExceeded, MaxWaitTimeExceeded, a stop) as the failure it is for a caller that
 wants a model.
+
+Batch Transform: `create_model` (the serving image + model.tar.gz), `start_transform` (CreateTransformJob
+from a `TransformJobSpec`: one whole S3 object per request, its answer in <output>/<key>.out) and
+`wait_transform`, which, like `wait`, raises on Stopped as on Failed, with the FailureReason.
 """
 from __future__ import annotations
 
@@ -46,6 +50,10 @@ NAME_LIMIT = 63  # TrainingJobName: ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}
 
 class TrainingJobFailed(RuntimeError):
     """A training job that ended Failed or Stopped; the message has its FailureReason."""
+
+
+class TransformJobFailed(RuntimeError):
+    """A Batch Transform job that ended Failed or Stopped; the message has its FailureReason."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +114,7 @@ def job_name(base: str, now: datetime | None = None) -> str:
     now = now or datetime.now(timezone.utc)
     name = f"{base}-{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}"
     if len(name) > NAME_LIMIT:
-        raise ValueError(f"training job name {name!r} is longer than {NAME_LIMIT} characters: shorten {base!r}")
+        raise ValueError(f"job name {name!r} is longer than {NAME_LIMIT} characters: shorten {base!r}")
     return name
 
 
@@ -175,16 +183,23 @@ def wait(name: str, session: Any, *, poll_seconds: float = 30, log: Callable[[st
     from sagemaker.core.resources import TrainingJob
 
     job = TrainingJob.get(training_job_name=name, session=session, region=session.region_name)
+    job = _poll(name, job, lambda j: (j.training_job_status, _value(j.secondary_status, "")), poll_seconds, log)
+    if job.training_job_status != "Completed":
+        raise TrainingJobFailed(failure_message(job))
+    return job
+
+
+def _poll(name: str, job: Any, state: Callable[[Any], tuple[str, str]], poll_seconds: float,
+          log: Callable[[str], None]) -> Any:
+    """Refresh `job` until its status is terminal, logging each new (status, detail); returns it then."""
     seen = None
     while True:
-        state = (job.training_job_status, _value(job.secondary_status, ""))
-        if state != seen:
-            log(f"{name}: {state[0]} ({state[1]})" if state[1] else f"{name}: {state[0]}")
-            seen = state
-        if state[0] == "Completed":
+        current = state(job)
+        if current != seen:
+            log(f"{name}: {current[0]} ({current[1]})" if current[1] else f"{name}: {current[0]}")
+            seen = current
+        if current[0] in TERMINAL:
             return job
-        if state[0] in TERMINAL:
-            raise TrainingJobFailed(failure_message(job))
         time.sleep(poll_seconds)
         job.refresh()
 
@@ -229,6 +244,103 @@ def download_model(job: Any, dest: Path, session: Any) -> Path:
     finally:
         archive.unlink(missing_ok=True)
     return dest
+
+
+# ------------------------------------------------------------------ Batch Transform
+
+
+@dataclass(frozen=True)
+class TransformJobSpec:
+    """A Batch Transform job for a model that answers one object per request: every object under `input_s3`
+    is sent whole (SplitType None) as one request (SingleRecord) with `content_type`, and its answer is
+    written to `output_s3` as <its key relative to input_s3>.out (AssembleWith None: the answer as it is).
+    `max_concurrent` 0 leaves MaxConcurrentTransforms to the container's GET /execution-parameters (1 if
+    it has none); `max_payload_mb` is the largest object sent (Batch Transform's default is 6)."""
+    name: str
+    model_name: str
+    input_s3: str
+    output_s3: str
+    content_type: str = "application/x-image"
+    accept: str = "application/json"
+    instance_type: str = "ml.c5.xlarge"
+    instance_count: int = 1
+    max_payload_mb: int = 20
+    max_concurrent: int = 0
+    invocation_timeout_seconds: int = 60  # one request (ModelClientConfig; SageMaker's default is 600)
+    invocation_retries: int = 1           # a failing request is tried again this often (0-3; default 3)
+    environment: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        # MaxPayloadInMB 0 means chunked bodies, which common.inference_server refuses; the API caps the
+        # payload at 100 MB and MaxConcurrentTransforms x MaxPayloadInMB at 100 MB too.
+        if not 1 <= self.max_payload_mb <= 100 or self.max_concurrent < 0 or \
+                self.max_concurrent * self.max_payload_mb > 100:
+            raise ValueError(f"max_payload_mb must be 1-100 and max_concurrent x max_payload_mb at most 100 MB, "
+                             f"got {self.max_payload_mb} and {self.max_concurrent}")
+        for uri in (self.input_s3, self.output_s3):
+            split_s3(uri)
+
+
+def transform_arguments(spec: TransformJobSpec) -> dict[str, Any]:
+    """`TransformJob.create`'s arguments for `spec` (the SDK serialises them into CreateTransformJob's request)."""
+    from sagemaker.core import shapes
+
+    arguments: dict[str, Any] = {
+        "transform_job_name": spec.name, "model_name": spec.model_name, "batch_strategy": "SingleRecord",
+        "max_payload_in_mb": spec.max_payload_mb,
+        "model_client_config": shapes.ModelClientConfig(invocations_timeout_in_seconds=spec.invocation_timeout_seconds,
+                                                        invocations_max_retries=spec.invocation_retries),
+        "transform_input": shapes.TransformInput(
+            data_source=shapes.TransformDataSource(s3_data_source=shapes.TransformS3DataSource(
+                s3_data_type="S3Prefix", s3_uri=spec.input_s3)),
+            content_type=spec.content_type, split_type="None", compression_type="None"),
+        "transform_output": shapes.TransformOutput(s3_output_path=spec.output_s3, accept=spec.accept,
+                                                   assemble_with="None"),
+        "transform_resources": shapes.TransformResources(instance_type=spec.instance_type,
+                                                         instance_count=spec.instance_count),
+    }
+    if spec.max_concurrent:
+        arguments["max_concurrent_transforms"] = spec.max_concurrent
+    if spec.environment:
+        arguments["environment"] = dict(spec.environment)
+    return arguments
+
+
+def start_transform(spec: TransformJobSpec, session: Any) -> Any:
+    """Create the job (CreateTransformJob); returns the SDK's `TransformJob`."""
+    from sagemaker.core.resources import TransformJob
+
+    return TransformJob.create(**transform_arguments(spec), session=session, region=session.region_name)
+
+
+def create_model(name: str, image_uri: str, model_data_s3: str, role_arn: str, session: Any,
+                 environment: Mapping[str, str] | None = None) -> str:
+    """A SageMaker model (CreateModel): the serving image with `model_data_s3` (a model.tar.gz, which SageMaker
+    unpacks into /opt/ml/model) and the role it runs as; returns its ARN. boto3's client, not the SDK's
+    `Model.create`: that describes the model afterwards and refuses a description without VpcConfig's
+    members (moto's), for nothing this launcher reads."""
+    container = {"Image": image_uri, "ModelDataUrl": model_data_s3, **({"Environment": dict(environment)}
+                                                                       if environment else {})}
+    return session.client("sagemaker").create_model(ModelName=name, PrimaryContainer=container,
+                                                    ExecutionRoleArn=role_arn)["ModelArn"]
+
+
+def transform_failure_message(job: Any) -> str:
+    reason = _value(job.failure_reason) or "no FailureReason given"
+    return f"transform job {job.transform_job_name} ended {job.transform_job_status}: {reason}"
+
+
+def wait_transform(name: str, session: Any, *, poll_seconds: float = 30, log: Callable[[str], None] = print) -> Any:
+    """Poll DescribeTransformJob until the job ends, logging each new status (InProgress, Stopping, ...).
+    Returns the Completed `TransformJob`; Failed or Stopped raises TransformJobFailed with the reason
+    (botocore's TransformJobCompletedOrStopped waiter returns on Stopped as on Completed)."""
+    from sagemaker.core.resources import TransformJob
+
+    job = TransformJob.get(transform_job_name=name, session=session, region=session.region_name)
+    job = _poll(name, job, lambda j: (j.transform_job_status, ""), poll_seconds, log)
+    if job.transform_job_status != "Completed":
+        raise TransformJobFailed(transform_failure_message(job))
+    return job
 
 
 # ------------------------------------------------------------------ the PyTorch script job

@@ -140,14 +140,17 @@ def read_gps(image: Image.Image) -> dict[str, float] | None:
     return {"latitude": round(latitude, 6), "longitude": round(longitude, 6)}
 
 
-def _open(photo: Photo) -> Image.Image | bytes:
-    """The photo opened by PIL (no pixels decoded yet), or its bytes when PIL cannot open it
-    (load_image then raises the ImageError that says why)."""
+def _open(photo: Photo) -> Image.Image | Any:
+    """The photo opened by PIL (no pixels decoded yet), or its source when PIL cannot open it."""
     if photo.s3 is not None:
         bucket, key = photo.file[len("s3://"):].split("/", 1)
-        source: Any = io.BytesIO(photo.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-    else:
-        source = photo.file
+        return open_image(io.BytesIO(photo.s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
+    return open_image(photo.file)
+
+
+def open_image(source: Any) -> Image.Image | Any:
+    """`source` (a path or a file object) opened by PIL, or `source` itself when PIL cannot open it
+    (load_image then raises the ImageError that says why)."""
     try:
         return Image.open(source)
     except Exception:  # noqa: BLE001 - load_image below gives the error that names the file
@@ -177,20 +180,29 @@ class Decoder:
         array, gps = self.decode(photo)
         return (self.labeller.predictions([array])[0] if self.labeller else array), gps
 
+    @classmethod
+    def for_model(cls, model: OnnxModel, square: bool = False, labeller: Labeller | None = None) -> Decoder:
+        """The decoder for the file's input contract (its resize and crop sizes)."""
+        return cls(int(model.metadata.get("resize_size", 256)), int(model.metadata.get("crop_size", 224)),
+                   square=square and "resize_size" in model.metadata, labeller=labeller)
+
     def decode(self, photo: Photo) -> tuple[np.ndarray, dict | None]:
-        opened = _open(photo)
+        return self.decode_image(_open(photo), photo.file)
+
+    def decode_image(self, opened: Image.Image | Any, name: str) -> tuple[np.ndarray, dict | None]:
+        """An opened photo (`open_image`) as 3 x H x W uint8 plus its EXIF GPS; ImageError names `name`."""
         gps = None
         if isinstance(opened, Image.Image):
             gps = read_gps(opened)
             if opened.format == "JPEG":  # libjpeg decodes at 1/2..1/8 scale, never below 2x the resize
                 opened.draft("RGB", (2 * self.resize, 2 * self.resize))
         try:
-            image = load_image(opened, name=photo.file)
+            image = load_image(opened, name=name)
             if self.square:
                 image = square_window(image, self.resize, self.crop)
             pixels = np.asarray(image, dtype=np.uint8)
         except OSError as err:  # PIL's "Truncated File Read" escapes load_image
-            raise ImageError(f"{photo.file}: cannot decode the image ({err})") from None
+            raise ImageError(f"{name}: cannot decode the image ({err})") from None
         return np.ascontiguousarray(pixels.transpose(2, 0, 1)), gps
 
 
@@ -222,9 +234,18 @@ class Labeller:
             return [p for a in arrays for p in self.predictions([a])]
         return predictor.predictions(self.model, self.model.run_all(np.stack(arrays)), self.k)
 
+    def tags(self, prediction: predictor.Prediction, gps: dict | None) -> dict[str, Any]:
+        """What is known about one photo (TAG_KEYS): the predictor's --json answer, its GPS and the source
+        of its location. The served container answers these; a line adds the photo's file and version."""
+        answer = prediction.as_json("", self.shown)
+        del answer["file"]
+        return {**answer, "gps": gps, "source": "metadata" if gps else "model"}
+
     def line(self, photo: Photo, prediction: predictor.Prediction, gps: dict | None) -> dict[str, Any]:
-        return {**prediction.as_json(photo.file, self.shown), "gps": gps,
-                "source": "metadata" if gps else "model", "version": photo.version}
+        return {"file": photo.file, **self.tags(prediction, gps), "version": photo.version}
+
+
+TAG_KEYS = ("landmark", "confidence", "top", "gps", "source")  # a line's keys between "file" and "version"
 
 
 def error_line(photo: Photo, err: Exception) -> dict[str, Any]:
@@ -404,9 +425,7 @@ def run(sources: list[str], config: TagConfig) -> Summary:
     model = predictor.load(config.model, threads=config.threads)
     labeller = Labeller(model, config.k)
     in_threads = config.onnx_batch == 1
-    decoder = Decoder(int(model.metadata.get("resize_size", 256)), int(model.metadata.get("crop_size", 224)),
-                      square=not in_threads and "resize_size" in model.metadata,
-                      labeller=labeller if in_threads else None)
+    decoder = Decoder.for_model(model, square=not in_threads, labeller=labeller if in_threads else None)
     config.out.parent.mkdir(parents=True, exist_ok=True)
     summary = Summary()
     with lock(config.out):

@@ -1,0 +1,228 @@
+"""Tag an S3 photo library with SageMaker Batch Transform, then join its outputs into the tagger's JSONL.
+
+    python -m landmark_classifier.src.batch_transform s3://bucket/photos/ --output s3://bucket/tags-bt/ \
+        --out tags.jsonl --image ACCOUNT.dkr.ecr.REGION.amazonaws.com/landmark-server:1 --role ROLE_ARN
+    python -m landmark_classifier.src.batch_transform s3://bucket/photos/ --output s3://bucket/tags-bt/ \
+        --out tags.jsonl --join-only          # the outputs of a job that has ended
+
+The job (`common.sagemaker_jobs`): a SageMaker model of the serving image (landmark_classifier/Dockerfile,
+`src/serve.py`) with the predictor packed as model.tar.gz, and a transform job that sends every object
+under the prefix as one request (application/x-image, SplitType None, SingleRecord) and writes each
+answer to <output>/<its key relative to the prefix>.out (TransformOutput: "For every S3 object used as
+input for the transform job, batch transform stores the transformed data with an .out suffix in a
+corresponding subfolder in the location in the output prefix").
+
+The join walks the input prefix again (image suffixes only, as the tagger does), reads each photo's .out
+and appends the tagger's line for it (`file` = the photo's s3:// URI, `version` = its ETag) through
+tag.py's lock, resume and batched fsync'd appends: the same file, schema and resume keys as
+`python -m landmark_classifier.src.tag s3://...`. A photo without an .out (the container refused it as no
+image, or the job failed or stopped first: Batch Transform uploads only what succeeded) gets an error
+line of kind "no transform output" naming the job's FailureReason when there is one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common import sagemaker_jobs as sj
+from landmark_classifier.src import predictor, tag
+from landmark_classifier.src.serve import MODEL_FILE
+
+OUT_SUFFIX = ".out"
+NO_OUTPUT = "no transform output"
+BAD_OUTPUT = "bad transform output"
+
+
+def folder(uri: str) -> str:
+    """An S3 prefix as a folder (ending in "/"), so keys relative to it are its objects' paths."""
+    sj.split_s3(uri)
+    return uri if uri.endswith("/") else uri + "/"
+
+
+def output_uri(input_uri: str, input_prefix: str, output_prefix: str) -> str:
+    """Where Batch Transform writes the answer for the object `input_uri` found under `input_prefix`."""
+    input_prefix = folder(input_prefix)
+    if not input_uri.startswith(input_prefix):
+        raise ValueError(f"{input_uri} is not under the transform's input prefix {input_prefix}")
+    return folder(output_prefix) + input_uri[len(input_prefix):] + OUT_SUFFIX
+
+
+def hours_per_million(photos_per_second_per_core: float, cores: int) -> float:
+    """Instance-hours to tag a million photos at a measured per-core rate (the cost on paper is this times
+    the instance's hourly price; job start-up is extra)."""
+    return 1e6 / (photos_per_second_per_core * cores) / 3600
+
+
+# ----------------------------------------------------------------------------------------- launch
+
+def package_model(onnx_path: Path, out_dir: Path) -> Path:
+    """model.tar.gz with the predictor at its root as MODEL_FILE: SageMaker unpacks it into /opt/ml/model,
+    where serve.py looks first. Members carry no owner or time (the same file gives the same archive)."""
+    predictor.load(onnx_path)  # a landmark predictor, or ModelFileError naming the file
+
+    def reproducible(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mtime = 0
+        info.mode = 0o644
+        return info
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    archive = out_dir / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(onnx_path, arcname=MODEL_FILE, filter=reproducible)
+    return archive
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What a transform job needs beyond its input and output: an existing SageMaker model by name, or the
+    serving image, the predictor and the role to make one."""
+    model_name: str | None = None
+    image_uri: str | None = None
+    role_arn: str | None = None
+    model: Path = predictor.DEFAULT_MODEL
+    instance_type: str = "ml.c5.xlarge"
+    instance_count: int = 1
+    max_payload_mb: int = 20
+    work_dir: Path = sj.WORK_DIR
+
+    def __post_init__(self):
+        if not self.model_name and not (self.image_uri and self.role_arn):
+            raise ValueError("name an existing SageMaker model (--model-name), or give the serving image "
+                             "(--image) and the execution role (--role) to create one")
+
+
+def launch(input_prefix: str, output_prefix: str, how: Launch, session: Any,
+           log: Any = print) -> str:
+    """Create the model if needed (its model.tar.gz uploaded beside the output) and start the job; its name."""
+    name = sj.job_name("landmark-tag")
+    model_name = how.model_name
+    if not model_name:
+        bucket, key = sj.split_s3(folder(output_prefix))
+        archive = package_model(Path(how.model), Path(how.work_dir) / name)
+        model_key = f"{key}{name}-model/model.tar.gz"  # beside the .out files; the join reads only those
+        session.client("s3").upload_file(str(archive), bucket, model_key)
+        model_name = name
+        sj.create_model(model_name, how.image_uri, f"s3://{bucket}/{model_key}", how.role_arn, session)
+        log(f"created model {model_name} ({how.image_uri}, s3://{bucket}/{model_key})")
+    spec = sj.TransformJobSpec(name, model_name, folder(input_prefix), folder(output_prefix),
+                               instance_type=how.instance_type, instance_count=how.instance_count,
+                               max_payload_mb=how.max_payload_mb)
+    sj.start_transform(spec, session)
+    log(f"started transform job {name} on {how.instance_count} x {how.instance_type}: "
+        f"https://console.aws.amazon.com/sagemaker/home?region={session.region_name}#/transform-jobs/{name}")
+    return name
+
+
+# ------------------------------------------------------------------------------------------- join
+
+@dataclass(frozen=True)
+class Fetcher:
+    """One photo's line from its .out object (runs in the pool's threads, as the tagger's decoder does)."""
+    input_prefix: str
+    output_prefix: str
+    failure: str | None = None  # the job's FailureReason, named in the error lines of photos without output
+
+    def __call__(self, photo: tag.Photo) -> dict[str, Any]:
+        bucket, key = sj.split_s3(output_uri(photo.file, self.input_prefix, self.output_prefix))
+        try:
+            body = photo.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except photo.s3.exceptions.NoSuchKey:
+            why = f" (the job: {self.failure})" if self.failure else " (the container refused it or the job ended first)"
+            return self._error(photo, f"{photo.file}: no Batch Transform output at s3://{bucket}/{key}{why}", NO_OUTPUT)
+        try:
+            answer = json.loads(body)
+            return {"file": photo.file, **{k: answer[k] for k in tag.TAG_KEYS}, "version": photo.version}
+        except (ValueError, KeyError, TypeError) as err:
+            return self._error(photo, f"{photo.file}: s3://{bucket}/{key} is not the served tags ({err!r})", BAD_OUTPUT)
+
+    @staticmethod
+    def _error(photo: tag.Photo, message: str, kind: str) -> dict[str, Any]:
+        return {"file": photo.file, "error": message, "kind": kind, "version": photo.version}
+
+
+def join(input_prefix: str, output_prefix: str, out: Path, *, failure: str | None = None,
+         endpoint_url: str | None = None, workers: int = 16, batch: int = 32) -> tag.Summary:
+    """Append a line for every photo under `input_prefix` not yet in `out` from the job's outputs under
+    `output_prefix`; the summary of the whole file, as `tag.run` gives it."""
+    input_prefix = folder(input_prefix)
+    fetch = Fetcher(input_prefix, folder(output_prefix), failure)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary = tag.Summary()
+    with tag.lock(out):
+        tag.drop_partial_line(out)
+        done = tag.read_done(out, summary)
+        started = time.perf_counter()
+        try:
+            with open(out, "a", encoding="utf-8") as handle, ThreadPoolExecutor(workers) as pool:
+                photos = tag._pending(tag.iter_photos([input_prefix], endpoint_url), done, summary)
+                for lines in tag._batches(photos, pool, fetch, batch):
+                    records = [future.result() for _, future in lines]
+                    tag.append(handle, records)
+                    for record in records:
+                        summary.add(record)
+        finally:
+            summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m landmark_classifier.src.batch_transform",
+        description="Tag every photo under an s3:// prefix with a SageMaker Batch Transform job (one photo per "
+                    "request to the landmark serving container), wait for it, and join its outputs into --out: "
+                    "the same JSON lines as `python -m landmark_classifier.src.tag s3://...`.")
+    parser.add_argument("source", help="s3://bucket/prefix/ of the photos")
+    parser.add_argument("--output", required=True, help="s3://bucket/prefix/ for the job's .out files")
+    parser.add_argument("--out", required=True, type=Path, help="the JSON Lines file to append to")
+    parser.add_argument("--join-only", action="store_true", help="join the outputs of a job that has ended")
+    parser.add_argument("--failure-reason", help="with --join-only: the job's FailureReason, for the error lines")
+    parser.add_argument("--model-name", help="an existing SageMaker model to run (else one is created)")
+    parser.add_argument("--image", help="the serving image's URI in ECR (landmark_classifier/Dockerfile)")
+    parser.add_argument("--role", help="the SageMaker execution role's ARN (reads the model and the photos, "
+                                       "writes the output prefix)")
+    parser.add_argument("--model", type=Path, default=predictor.DEFAULT_MODEL,
+                        help="the exported predictor to pack as model.tar.gz (default: the committed one)")
+    parser.add_argument("--instance-type", default="ml.c5.xlarge")
+    parser.add_argument("--instance-count", type=int, default=1)
+    parser.add_argument("--max-payload-mb", type=int, default=20, help="the largest photo sent (MaxPayloadInMB)")
+    parser.add_argument("--region", help="default: boto3's")
+    parser.add_argument("--poll-seconds", type=float, default=30)
+    args = parser.parse_args(argv)
+    if not args.source.startswith("s3://") or not args.output.startswith("s3://"):
+        parser.error("the source and --output are s3:// prefixes")
+    failure = args.failure_reason
+    if not args.join_only:
+        import boto3
+
+        try:
+            how = Launch(args.model_name, args.image, args.role, args.model, args.instance_type,
+                         args.instance_count, args.max_payload_mb)
+        except ValueError as err:
+            parser.error(str(err))
+        session = boto3.Session(region_name=args.region)
+        name = launch(args.source, args.output, how, session)
+        try:
+            sj.wait_transform(name, session, poll_seconds=args.poll_seconds)
+        except sj.TransformJobFailed as err:  # what succeeded is in S3: join it, the rest get error lines
+            print(f"error: {err}", file=sys.stderr)
+            failure = str(err)
+    try:
+        summary = join(args.source, args.output, args.out, failure=failure)
+    except (tag.OutputLocked, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(summary.text(), file=sys.stderr)
+    return 1 if failure else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
