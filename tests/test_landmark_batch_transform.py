@@ -8,6 +8,7 @@ done as SageMaker does it (each object under the prefix POSTed to the server, ea
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import socket
 import subprocess
@@ -317,3 +318,52 @@ def test_output_keys_and_the_cost_on_paper():
     with pytest.raises(ValueError, match="not under the transform's input prefix"):
         bt.output_uri("s3://b/other/a.jpg", "s3://b/photos/", "s3://o/tags/")
     assert bt.hours_per_million(50.0, 4) == pytest.approx(1e6 / 200 / 3600)
+
+
+# ------------------------------------------------------------------------------- the image
+
+DOCKERFILE = REPO / "landmark_classifier" / "Dockerfile"
+
+
+def test_the_image_installs_everything_serve_imports(tiny_predictor, monkeypatch):  # noqa: F811
+    """serve.py and an ONNX Runtime session load with every package the Dockerfile does not install (nor its
+    dependencies) hidden, as in the container; and the Dockerfile copies the modules and the model they use."""
+    from tests import test_scones_aws
+
+    monkeypatch.setattr(test_scones_aws, "PROJECT_DIR", DOCKERFILE.parent)  # its reader of a Dockerfile's pins
+    allowed = sorted(test_scones_aws._dockerfile_distributions())
+    code = ("import importlib.abc, json, sys\n"
+            "from importlib.metadata import packages_distributions\n"
+            "owners = packages_distributions()\n"
+            f"allowed = set({allowed!r})\n"
+            "class Container(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        top = name.split('.')[0]\n"
+            "        dists = [d.lower().replace('_', '-') for d in owners.get(top, [])]\n"
+            "        if dists and not set(dists) & allowed and top not in ('landmark_classifier', 'common'):\n"
+            "            raise ModuleNotFoundError(f'not in the container: {name}', name=name)\n"
+            "sys.meta_path.insert(0, Container())\n"
+            "from landmark_classifier.src import serve\n"
+            f"server = serve.make_server({str(tiny_predictor[0])!r}, port=0)\n"
+            "server.server_close()\n"
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"serve needs a package the Dockerfile does not install:\n{done.stderr[-3000:]}"
+    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert "onnxruntime" in loaded and not {"torch", "onnx", "sagemaker", "moto"} & loaded
+    text = DOCKERFILE.read_text()
+    for copied in ("common/", "landmark_classifier/src/", "landmark_classifier/models/landmark_predictor.onnx"):
+        assert f"COPY {copied}" in text
+    assert 'ENTRYPOINT ["python", "-m", "landmark_classifier.src.serve"]' in text
+
+
+def test_checkov_finds_no_unexplained_failure_in_the_dockerfile():
+    checkov = REPO / ".venv" / "tools" / "bin" / "checkov"
+    if not checkov.exists():
+        pytest.skip(f"checkov is not installed at {checkov} (make venv installs it from requirements-tools.txt)")
+    done = subprocess.run([str(checkov), "-f", str(DOCKERFILE), "--framework", "dockerfile", "-o", "json",
+                           "--skip-download"], capture_output=True, text=True, timeout=300)
+    report = json.loads(done.stdout)
+    failed = [f"{c['check_id']}: {c['check_name']}" for c in report["results"].get("failed_checks", [])]
+    assert failed == [] and report["summary"]["parsing_errors"] == 0
+    assert [c["check_id"] for c in report["results"]["skipped_checks"]] == ["CKV_DOCKER_3"]  # the commented skip
