@@ -10,10 +10,17 @@ with keys for MaxConcurrentTransforms, BatchStrategy, and MaxPayloadInMB", asked
 Requests take `image/png`, `image/jpeg` or `application/x-image` with a Content-Length (chunked bodies,
 which Batch Transform sends only when a job sets MaxPayloadInMB to 0, are refused with 411). `predict`
 maps the request's bytes to any JSON-able answer and raises `common.images.ImageError` for a bad image.
-No request can stop the server: every error becomes an HTTP status with a JSON body `{"error": message}`.
+No request can stop the server: every error becomes an HTTP status with a JSON body `{"error": message}`,
+except a bad image (or an empty body) when the server is given `bad_image_answer`: that is answered 200 with
+its record. Batch Transform needs it: "If a batch transform job fails to process an input file because of a
+problem with the dataset, SageMaker marks the job as failed", and its advice for your own algorithm is an
+error placeholder in the output instead (https://docs.aws.amazon.com/sagemaker/latest/dg/batch-transform.html,
+Batch Transform Errors). SageMaker tells the container it runs one: `SAGEMAKER_BATCH` is "true"
+(`in_batch_transform`, the same page as the execution parameters below).
 
 Projects extend it by subclassing: `invoke` (which model answers, what else is recorded), `error_body`
-(how an error is reported on a path) and `is_invocation_path` (Scones adds the runtime API's path).
+(how an error is reported on a path), `bad_image` (the answer to a bad image) and `is_invocation_path`
+(Scones adds the runtime API's path).
 """
 from __future__ import annotations
 
@@ -46,14 +53,18 @@ class HttpError(Exception):
 class InferenceServer(ThreadingHTTPServer):
     """The HTTP server: `predict` maps a request's image bytes to a JSON-able answer.
     `execution_parameters` (e.g. {"MaxConcurrentTransforms": 4, "BatchStrategy": "SINGLE_RECORD",
-    "MaxPayloadInMB": 16}) are answered on GET /execution-parameters; None: that path is a 404."""
+    "MaxPayloadInMB": 16}) are answered on GET /execution-parameters; None: that path is a 404.
+    `bad_image_answer` maps the ImageError of a body that is no usable image to the record answered for it
+    with a 200; None: a 400 naming the problem."""
 
     daemon_threads = True
 
     def __init__(self, predict: Predict, *, host: str = "127.0.0.1", port: int = 8080,
-                 max_body_bytes: int | None = None, execution_parameters: Mapping[str, Any] | None = None) -> None:
+                 max_body_bytes: int | None = None, execution_parameters: Mapping[str, Any] | None = None,
+                 bad_image_answer: Callable[[ImageError], Any] | None = None) -> None:
         super().__init__((host, port), Handler)
         self.predict = predict
+        self.bad_image_answer = bad_image_answer
         self.execution_parameters = dict(execution_parameters) if execution_parameters is not None else None
         self._max_body_bytes = max_body_bytes
         self.invocations = 0
@@ -80,6 +91,13 @@ class InferenceServer(ThreadingHTTPServer):
         """The answer's JSON bytes and any extra response headers. ImageError: the handler's 400."""
         answer = self.timed(self.predict, body)
         return json.dumps(answer).encode(), {}
+
+    def bad_image(self, err: ImageError) -> tuple[bytes, dict[str, str]]:
+        """The 200 answer (JSON bytes, headers) for a body that is no usable image when `bad_image_answer` is
+        given; else the 400 that names the problem."""
+        if self.bad_image_answer is None:
+            raise HttpError(400, str(err))
+        return json.dumps(self.bad_image_answer(err)).encode(), {}
 
     def error_body(self, status: int, message: str, path: str,
                    error_type: str = "ModelError") -> tuple[int, bytes, dict[str, str]]:
@@ -144,9 +162,11 @@ class Handler(BaseHTTPRequestHandler):
                 raise HttpError(415, f"unsupported content type {content_type or '(none)'!r}; "
                                      f"send one of {', '.join(CONTENT_TYPES)}")
             try:
+                if not body:
+                    raise ImageError("empty request body: no image data")
                 output, headers = self.server.invoke(body, content_type, self.headers)
             except ImageError as err:
-                raise HttpError(400, str(err)) from None
+                output, headers = self.server.bad_image(err)
             self._send(200, output, "application/json", headers)
         except HttpError as err:
             self._send_error(err.status, str(err), err.error_type)
@@ -164,10 +184,7 @@ class Handler(BaseHTTPRequestHandler):
         if length > limit:
             self._discard_body()
             raise HttpError(413, f"payload of {length:,} bytes exceeds the {limit:,}-byte limit")
-        body = self.rfile.read(length)
-        if not body:
-            raise HttpError(400, "empty request body: no image data")
-        return body
+        return self.rfile.read(length)
 
     def _discard_body(self) -> None:
         """Read and drop a refused request's body: left unread it would corrupt the next request on this
@@ -203,6 +220,12 @@ class Handler(BaseHTTPRequestHandler):
 def port_from_env(default: int = 8080) -> int:
     """SageMaker sets SAGEMAKER_BIND_TO_PORT for some hosting modes; PORT for everything else."""
     return int(os.environ.get("SAGEMAKER_BIND_TO_PORT") or os.environ.get("PORT") or default)
+
+
+def in_batch_transform() -> bool:
+    """Whether the container serves a Batch Transform job: SageMaker sets SAGEMAKER_BATCH to "true" there
+    (your-algorithms-batch-code.html), not on a real-time endpoint."""
+    return os.environ.get("SAGEMAKER_BATCH", "").strip().lower() == "true"
 
 
 def batch_payload_limit(default_mb: int) -> int:

@@ -1,10 +1,12 @@
 """The landmark Batch Transform path (issue 24, part 3), offline: the serving container's server answering
-Batch Transform's requests on 127.0.0.1 (the contract's paths, one photo per request, bad photos refused
-while it goes on serving); the CreateModel and CreateTransformJob requests checked against botocore's
+Batch Transform's requests on 127.0.0.1 (the contract's paths, one photo per request, bad photos answered
+with the tagger's error record under SAGEMAKER_BATCH and refused with a 4xx on an endpoint, while it goes on
+serving); the CreateModel and CreateTransformJob requests checked against botocore's
 service model and created in moto; the wait on AWS's documented DescribeTransformJob responses (Completed,
 Failed with its FailureReason, Stopped a failure though botocore's waiter returns on it); and a whole job
 done as SageMaker does it (each object under the prefix POSTed to the server, each answer written to
-<output>/<key>.out in moto's S3), joined into lines equal to the local tagger's. A tiny exported predictor."""
+<output>/<key>.out in moto's S3), bad photos included, joined into lines equal to the local tagger's. A tiny
+exported predictor."""
 from __future__ import annotations
 
 import datetime as dt
@@ -36,8 +38,19 @@ SERVED_KEYS = set(tag.TAG_KEYS) | {"known_score"}
 
 @pytest.fixture()
 def server(tiny_predictor, monkeypatch):  # noqa: F811
+    """The server as on a real-time endpoint (no SAGEMAKER_BATCH)."""
     monkeypatch.delenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", raising=False)
+    monkeypatch.delenv("SAGEMAKER_BATCH", raising=False)
     with serve.make_server(tiny_predictor[0], port=0) as running:  # port 0: a free port
+        yield running
+
+
+@pytest.fixture()
+def batch_server(tiny_predictor, monkeypatch):  # noqa: F811
+    """The server as in a Batch Transform job: SageMaker sets SAGEMAKER_BATCH=true there."""
+    monkeypatch.delenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", raising=False)
+    monkeypatch.setenv("SAGEMAKER_BATCH", "true")
+    with serve.make_server(tiny_predictor[0], port=0) as running:
         yield running
 
 
@@ -86,6 +99,35 @@ def test_a_bad_request_gets_a_named_4xx_and_the_next_one_is_answered(server, tin
         assert refused.status_code == status and message in refused.json()["error"]
         assert _post(session, server.url, photo).status_code == 200  # same connection, still serving
     assert requests.get(f"{server.url}/no-such-path", timeout=5).status_code == 404
+
+
+@pytest.mark.parametrize("body,kind", [
+    ("truncated", "truncated or corrupt"),
+    (b"Dear diary, these bytes are a text file.\n", "not an image"),
+    (b"", "empty"),
+])
+def test_under_batch_transform_a_bad_photo_is_answered_with_the_taggers_error_record(
+        batch_server, tiny_dataset, tiny_predictor, tmp_path, body, kind):  # noqa: F811
+    """A 4xx would fail the whole transform job; the tagger's error record (its error line less file and
+    version, the same kind and message as the local tagger's for that file) is answered 200 instead."""
+    photo = _photos(tiny_dataset)[0].read_bytes()
+    body = photo[:300] if body == "truncated" else body
+    with requests.Session() as session:
+        answer = _post(session, batch_server.url, body)
+        assert answer.status_code == 200 and answer.headers["Content-Type"] == "application/json"
+        record = answer.json()
+        assert set(record) == {"error", "kind"} and record["kind"] == kind
+        following = _post(session, batch_server.url, photo)  # same connection, still serving
+        assert following.status_code == 200 and set(following.json()) == SERVED_KEYS
+        # a wrong content type is the job's misconfiguration, not a bad photo: still an error
+        assert _post(session, batch_server.url, photo, "text/csv").status_code == 415
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(body)
+    tag.run([str(bad)], tag.TagConfig(tmp_path / "local.jsonl", tiny_predictor[0], progress=False))
+    local = _lines(tmp_path / "local.jsonl")[0]
+    assert local["kind"] == record["kind"] and list(local) == ["file", *record, "version"]
+    if body:  # the decoder's message, about the photo's file instead of the request body
+        assert local["error"] == record["error"].replace(serve.REQUEST, str(bad), 1)
 
 
 def test_the_body_limit_is_the_jobs_max_payload(tiny_predictor, monkeypatch):  # noqa: F811
@@ -253,7 +295,8 @@ def test_a_stopped_transform_job_is_a_failure_though_the_waiter_counts_it_a_succ
 
 def run_transform(s3, input_prefix: str, output_prefix: str, url: str) -> list[str]:
     """SageMaker's part of a SingleRecord, SplitType None job: every object under the prefix POSTed whole to
-    the container, each 200 answer uploaded to <output>/<relative key>.out; the keys refused are returned."""
+    the container, each 200 answer uploaded to <output>/<relative key>.out; the keys refused are returned
+    (any one of them fails a real job)."""
     bucket, prefix = sj.split_s3(input_prefix)
     refused = []
     with requests.Session() as session:
@@ -270,7 +313,10 @@ def run_transform(s3, input_prefix: str, output_prefix: str, url: str) -> list[s
     return refused
 
 
-def test_the_jobs_outputs_join_into_the_taggers_lines(aws_session, server, tiny_dataset, tiny_predictor,  # noqa: F811
+BAD = {"broken.jpg": "not an image", "truncated.jpg": "truncated or corrupt", "empty.jpg": "empty"}
+
+
+def test_the_jobs_outputs_join_into_the_taggers_lines(aws_session, batch_server, tiny_dataset, tiny_predictor,  # noqa: F811
                                                       tmp_path):
     s3 = aws_session.client("s3")
     photos = _photos(tiny_dataset)
@@ -279,28 +325,47 @@ def test_the_jobs_outputs_join_into_the_taggers_lines(aws_session, server, tiny_
     located = _gps_jpeg(tmp_path / "paris.jpg", (48.0, 51.0, 29.6), "N", (2.0, 17.0, 40.2), "E")
     s3.put_object(Bucket=BUCKET, Key="photos/2026/paris.jpg", Body=located.read_bytes())
     s3.put_object(Bucket=BUCKET, Key="photos/2026/broken.jpg", Body=b"no photo")
+    s3.put_object(Bucket=BUCKET, Key="photos/2026/truncated.jpg", Body=photos[0].read_bytes()[:300])
+    s3.put_object(Bucket=BUCKET, Key="photos/2026/empty.jpg", Body=b"")
     s3.put_object(Bucket=BUCKET, Key="photos/2025/old.jpg", Body=photos[0].read_bytes())  # not in the prefix
     source, output = f"s3://{BUCKET}/photos/2026/", f"s3://{BUCKET}/tags-bt/"
-    assert run_transform(s3, source, output, server.url) == ["photos/2026/broken.jpg"]
+    assert run_transform(s3, source, output, batch_server.url) == []  # no error answer: the job completes
     assert s3.head_object(Bucket=BUCKET, Key="tags-bt/trip1/1.jpg.out")["ContentLength"] > 0  # relative keys
 
     out = tmp_path / "joined.jsonl"
-    summary = bt.join(source, output, out, failure="ClientError: See job logs for more information")
+    summary = bt.join(source, output, out)
     joined = {line["file"]: line for line in _lines(out)}
     tag.run([source], tag.TagConfig(tmp_path / "local.jsonl", tiny_predictor[0], progress=False))
     local = {line["file"]: line for line in _lines(tmp_path / "local.jsonl")}
-    assert set(joined) == set(local) == {f"s3://{BUCKET}/photos/2026/{k}" for k in
-                                         [f"trip{i % 2}/{i}.jpg" for i in range(len(photos))] + ["paris.jpg", "broken.jpg"]}
-    broken = joined.pop(f"s3://{BUCKET}/photos/2026/broken.jpg")
-    assert broken["kind"] == bt.NO_OUTPUT and "ClientError: See job logs" in broken["error"]
-    assert set(broken) == {"file", "error", "kind", "version"}
+    good = [f"trip{i % 2}/{i}.jpg" for i in range(len(photos))] + ["paris.jpg"]
+    assert set(joined) == set(local) == {f"s3://{BUCKET}/photos/2026/{k}" for k in good + list(BAD)}
+    for name, kind in BAD.items():  # the local tagger's error line: schema, kind, ETag version
+        file = f"s3://{BUCKET}/photos/2026/{name}"
+        line = joined.pop(file)
+        assert list(line) == list(local[file]) == ["file", "error", "kind", "version"]
+        assert line["kind"] == local[file]["kind"] == kind and line["version"] == local[file]["version"]
+        assert line["error"].startswith(f"{file}: ")
+        if name != "empty.jpg":  # the decoder's own message; an empty body is caught before decoding
+            assert line == local[file]
     for file, line in joined.items():  # the same line as the local tagger's: schema, ETag version, tags
         assert line == local[file] and list(line) == list(local[file])
     assert joined[f"s3://{BUCKET}/photos/2026/paris.jpg"]["source"] == "metadata"
-    assert summary.photos == len(photos) + 1 and summary.errors == {bt.NO_OUTPUT: 1}
+    assert summary.photos == len(good) and summary.errors == {kind: 1 for kind in BAD.values()}
     # a rerun resumes: everything already joined is skipped, nothing is appended
     again = bt.join(source, output, out)
-    assert again.new == 0 and again.skipped == len(photos) + 2 and len(_lines(out)) == len(photos) + 2
+    assert again.new == 0 and again.skipped == len(good) + len(BAD) and len(_lines(out)) == len(good) + len(BAD)
+
+
+def test_a_photo_without_output_names_the_jobs_failure(aws_session, tmp_path):  # noqa: F811
+    """A job that failed or stopped first leaves photos without an .out (Batch Transform uploads only what
+    succeeded): their lines say so, with the job's FailureReason."""
+    s3 = aws_session.client("s3")
+    s3.put_object(Bucket=BUCKET, Key="in/a.jpg", Body=b"x")
+    summary = bt.join(f"s3://{BUCKET}/in", f"s3://{BUCKET}/out", tmp_path / "t.jsonl",
+                      failure="ClientError: See job logs for more information")
+    line = _lines(tmp_path / "t.jsonl")[0]
+    assert line["kind"] == bt.NO_OUTPUT and "ClientError: See job logs" in line["error"]
+    assert list(line) == ["file", "error", "kind", "version"] and summary.errors == {bt.NO_OUTPUT: 1}
 
 
 def test_an_output_that_is_not_the_served_tags_is_an_error_line(aws_session, tmp_path):  # noqa: F811

@@ -266,6 +266,7 @@ def test_an_s3_prefix_is_tagged_page_by_page(aws_env, tiny_dataset, tiny_predict
         for i, photo in enumerate(photos):
             s3.put_object(Bucket="photo-library", Key=f"2026/trip/{i}.jpg", Body=photo.read_bytes())
         s3.put_object(Bucket="photo-library", Key="2026/trip/broken.jpg", Body=b"no image")
+        s3.put_object(Bucket="photo-library", Key="2026/trip/empty.jpg", Body=b"")
         s3.put_object(Bucket="photo-library", Key="2026/trip/index.html", Body=b"<html>")
         s3.put_object(Bucket="photo-library", Key="2025/old.jpg", Body=photos[0].read_bytes())
         out = tmp_path / "tags.jsonl"
@@ -273,14 +274,16 @@ def test_an_s3_prefix_is_tagged_page_by_page(aws_env, tiny_dataset, tiny_predict
         summary = tag.run(["s3://photo-library/2026/"], config)
         lines = {line["file"]: line for line in _lines(out)}
         assert set(lines) == {f"s3://photo-library/2026/trip/{i}.jpg" for i in range(len(photos))} | {
-            "s3://photo-library/2026/trip/broken.jpg"}
+            "s3://photo-library/2026/trip/broken.jpg", "s3://photo-library/2026/trip/empty.jpg"}
         etag = s3.head_object(Bucket="photo-library", Key="2026/trip/0.jpg")["ETag"].strip('"')
         assert lines["s3://photo-library/2026/trip/0.jpg"]["version"] == etag
         assert lines["s3://photo-library/2026/trip/broken.jpg"]["kind"] == "not an image"
+        # a 0-byte object is "empty", as a 0-byte local file is (PIL alone would call it "not an image")
+        assert lines["s3://photo-library/2026/trip/empty.jpg"]["kind"] == "empty"
         assert summary.photos == len(photos)
-        assert tag.run(["s3://photo-library/2026/"], config).skipped == len(photos) + 1
+        assert tag.run(["s3://photo-library/2026/"], config).skipped == len(photos) + 2
         listed = list(tag.s3io.iter_objects("s3://photo-library/2026/trip/", client=s3))
-        assert len(listed) == len(photos) + 2 and all(set(o) == {"uri", "size", "etag"} for o in listed)
+        assert len(listed) == len(photos) + 3 and all(set(o) == {"uri", "size", "etag"} for o in listed)
 
 
 def test_the_benchmark_times_every_row_and_the_big_library(tiny_dataset, tiny_predictor, tmp_path):  # noqa: F811

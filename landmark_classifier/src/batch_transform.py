@@ -15,9 +15,11 @@ corresponding subfolder in the location in the output prefix").
 The join walks the input prefix again (image suffixes only, as the tagger does), reads each photo's .out
 and appends the tagger's line for it (`file` = the photo's s3:// URI, `version` = its ETag) through
 tag.py's lock, resume and batched fsync'd appends: the same file, schema and resume keys as
-`python -m landmark_classifier.src.tag s3://...`. A photo without an .out (the container refused it as no
-image, or the job failed or stopped first: Batch Transform uploads only what succeeded) gets an error
-line of kind "no transform output" naming the job's FailureReason when there is one.
+`python -m landmark_classifier.src.tag s3://...`. A bad photo (no image, truncated, empty) does not fail
+the job: the container answers it with the tagger's error record (serve.py, under SAGEMAKER_BATCH),
+which the join turns into the tagger's error line for that photo (same keys and kind, naming the photo).
+A photo without an .out (the job failed or stopped first: Batch Transform uploads only what succeeded)
+gets an error line of kind "no transform output" naming the job's FailureReason when there is one.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from typing import Any
 
 from common import sagemaker_jobs as sj
 from landmark_classifier.src import predictor, tag
-from landmark_classifier.src.serve import MODEL_FILE
+from landmark_classifier.src.serve import MODEL_FILE, REQUEST
 
 OUT_SUFFIX = ".out"
 NO_OUTPUT = "no transform output"
@@ -136,13 +138,20 @@ class Fetcher:
         try:
             body = photo.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         except photo.s3.exceptions.NoSuchKey:
-            why = f" (the job: {self.failure})" if self.failure else " (the container refused it or the job ended first)"
+            why = f" (the job: {self.failure})" if self.failure else " (the job ended first or the container refused it)"
             return self._error(photo, f"{photo.file}: no Batch Transform output at s3://{bucket}/{key}{why}", NO_OUTPUT)
         try:
             answer = json.loads(body)
+            if "error" in answer:  # the container's error record for a bad photo: the tagger's error line
+                return self._error(photo, self._named(answer["error"], photo), answer["kind"])
             return {"file": photo.file, **{k: answer[k] for k in tag.TAG_KEYS}, "version": photo.version}
         except (ValueError, KeyError, TypeError) as err:
             return self._error(photo, f"{photo.file}: s3://{bucket}/{key} is not the served tags ({err!r})", BAD_OUTPUT)
+
+    @staticmethod
+    def _named(message: str, photo: tag.Photo) -> str:
+        """The container's message about "the request body" as the tagger words it: about the photo's URI."""
+        return f"{photo.file}: {message.removeprefix(REQUEST + ': ')}"
 
     @staticmethod
     def _error(photo: tag.Photo, message: str, kind: str) -> dict[str, Any]:

@@ -11,8 +11,11 @@ line without its file and version, plus the open-set score the file's threshold 
      "gps": {"latitude", "longitude"} | null, "source": "metadata" | "model", "known_score"}
 
 decoded and predicted by the tagger's own `Decoder` and `Labeller` (draft-mode JPEG decoding, EXIF GPS
-from the request's bytes). A body that is no image, or a truncated one, is a 400 naming the problem;
-the server goes on serving.
+from the request's bytes). A body that is no image, a truncated one or an empty one is a 400 naming the
+problem on an endpoint; the server goes on serving. Under Batch Transform (SageMaker sets SAGEMAKER_BATCH=true)
+it is a 200 with the tagger's error record instead, `{"error", "kind"}` (`tag.error_record`: its error line
+without file and version), because SageMaker fails the whole job on an error answer and a photo library
+always holds a few bad files; `batch_transform.join` turns it into the tagger's error line for the photo.
 
 The model: --model, else $LANDMARK_MODEL, else /opt/ml/model/landmark_predictor.onnx (where SageMaker
 unpacks the model's model.tar.gz) when it exists, else the committed models/landmark_predictor.onnx.
@@ -72,13 +75,15 @@ def execution_parameters(cores: int, payload_mb: int) -> dict[str, Any]:
 
 def make_server(model: str | Path | None = None, *, host: str = "127.0.0.1", port: int = 8080,
                 k: int = 5) -> inference_server.InferenceServer:
-    """The server for the predictor at `model_path(model)`; the body limit is the job's MaxPayloadInMB
-    (SAGEMAKER_MAX_PAYLOAD_IN_MB) under Batch Transform, else PAYLOAD_MB."""
+    """The server for the predictor at `model_path(model)`. Under Batch Transform (SAGEMAKER_BATCH) the body
+    limit is the job's MaxPayloadInMB (SAGEMAKER_MAX_PAYLOAD_IN_MB) and a bad photo is answered with its error
+    record; on an endpoint the limit is PAYLOAD_MB and a bad photo is a 400."""
     served = predictor.load(model_path(model), threads=1)
     limit = inference_server.batch_payload_limit(PAYLOAD_MB)
     return inference_server.InferenceServer(
         PhotoTagger(served, k), host=host, port=port, max_body_bytes=limit,
-        execution_parameters=execution_parameters(os.cpu_count() or 1, limit // 2**20))
+        execution_parameters=execution_parameters(os.cpu_count() or 1, limit // 2**20),
+        bad_image_answer=tag.error_record if inference_server.in_batch_transform() else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # SIGTERM (docker stop, SageMaker at the end of a job) stops serving as Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    bad_photos = "answered as error records (Batch Transform)" if server.bad_image_answer else "a 400"
     print(f"serving {model_path(args.model)} on {server.url}; execution parameters "
-          f"{server.execution_parameters}", flush=True)
+          f"{server.execution_parameters}; bad photos {bad_photos}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -144,7 +144,10 @@ def _open(photo: Photo) -> Image.Image | Any:
     """The photo opened by PIL (no pixels decoded yet), or its source when PIL cannot open it."""
     if photo.s3 is not None:
         bucket, key = photo.file[len("s3://"):].split("/", 1)
-        return open_image(io.BytesIO(photo.s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
+        data = photo.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        if not data:  # the kind a 0-byte local file gets ("empty"), not PIL's "not an image"
+            raise ImageError(f"{photo.file}: the file is empty (0 bytes)")
+        return open_image(io.BytesIO(data))
     return open_image(photo.file)
 
 
@@ -248,8 +251,14 @@ class Labeller:
 TAG_KEYS = ("landmark", "confidence", "top", "gps", "source")  # a line's keys between "file" and "version"
 
 
+def error_record(err: Exception) -> dict[str, Any]:
+    """Why a photo could not be tagged: an error line without its file and version (what the served
+    container answers for a bad photo under Batch Transform)."""
+    return {"error": str(err), "kind": error_kind(err)}
+
+
 def error_line(photo: Photo, err: Exception) -> dict[str, Any]:
-    return {"file": photo.file, "error": str(err), "kind": error_kind(err), "version": photo.version}
+    return {"file": photo.file, **error_record(err), "version": photo.version}
 
 
 # ------------------------------------------------------------------------ the output: resume, lock
