@@ -44,6 +44,30 @@ from landmark_classifier.src import predictor, tag
 REPO = Path(__file__).resolve().parents[1]
 
 
+@dataclass(frozen=True)
+class MeasuredRate:
+    """A tagger row of the run of record: photos/s on `cores` logical CPUs (os.cpu_count(), the "cores" of the
+    benchmark's JSON; an instance's vCPUs count the same way)."""
+    photos: str
+    row: str
+    photos_per_s: float
+    cores: int
+
+    @property
+    def per_core(self) -> float:
+        return self.photos_per_s / self.cores
+
+
+# The run of record (`python -m landmark_classifier.tag_benchmark`, MEASURED_ON, this project's 2-core machine):
+# the landmark README's table shows these rows and a test checks it says the same. The one place in code for
+# these figures: `batch_transform --plan` prices a million photos from them.
+MEASURED_ON = "2026-12-06"
+TAGGER_RATES = (
+    MeasuredRate("the 256-px test photos", "tagger", 86.9, 2),
+    MeasuredRate("phone-sized photos (4032 x 3024 JPEGs)", "tagger_phone", 54.8, 2),
+)
+
+
 class PeakRss:
     """The largest VmRSS (MB) of this process while the block runs, sampled every 20 ms."""
 

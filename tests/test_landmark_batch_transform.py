@@ -24,7 +24,9 @@ import pytest
 import requests
 from botocore.stub import Stubber
 
+from common import aws_pricing
 from common import sagemaker_jobs as sj
+from landmark_classifier import tag_benchmark
 from landmark_classifier.src import batch_transform as bt
 from landmark_classifier.src import serve, tag
 from tests.landmark_fixtures import tiny_dataset, tiny_export, tiny_predictor  # noqa: F401 (fixtures)
@@ -383,6 +385,125 @@ def test_output_keys_and_the_cost_on_paper():
     with pytest.raises(ValueError, match="not under the transform's input prefix"):
         bt.output_uri("s3://b/other/a.jpg", "s3://b/photos/", "s3://o/tags/")
     assert bt.hours_per_million(50.0, 4) == pytest.approx(1e6 / 200 / 3600)
+
+
+# ------------------------------------------------------------------------------- --plan: the cost
+
+def _price_item(usage_type: str, usd: str, effective: str, vcpu: str = "4", instance: str = "ml.c5.xlarge") -> str:
+    """One GetProducts PriceList item as AWS documents it: a JSON string holding the product and its terms
+    (terms.OnDemand.<sku>.<offerTermCode>: effectiveDate, priceDimensions.<rateCode>.pricePerUnit.USD)."""
+    sku = "SKU" + usage_type.split("-")[1].split(":")[0].upper()
+    return json.dumps({
+        "product": {"productFamily": "ML Instance", "sku": sku, "attributes": {
+            "servicecode": "AmazonSageMaker", "instanceName": instance, "regionCode": REGION, "vCpu": vcpu,
+            "usagetype": usage_type, "operation": "RunInstance", "location": "US East (N. Virginia)"}},
+        "serviceCode": "AmazonSageMaker",
+        "terms": {"OnDemand": {f"{sku}.JRTCKXETXF": {
+            "offerTermCode": "JRTCKXETXF", "sku": sku, "effectiveDate": effective, "termAttributes": {},
+            "priceDimensions": {f"{sku}.JRTCKXETXF.6YS6EN2CT7": {
+                "rateCode": f"{sku}.JRTCKXETXF.6YS6EN2CT7", "description": f"{usage_type} per hour",
+                "unit": "Hrs", "beginRange": "0", "endRange": "Inf", "appliesTo": [],
+                "pricePerUnit": {"USD": usd}}}}}},
+        "version": "20260101000000", "publicationDate": "2026-01-01T00:00:00Z"})
+
+
+class _OnlyPricing:
+    """A boto3 Session whose only client is the stubbed Price List one: any other service fails the test."""
+
+    def __init__(self, pricing, region_name=None, **_):
+        self.pricing, self.region_name, self.made = pricing, region_name, []
+
+    def client(self, name, **kwargs):
+        self.made.append((name, kwargs.get("region_name")))
+        assert name == "pricing", f"--plan made a {name} client"
+        return self.pricing
+
+
+PLAN = ["s3://my-bucket/photos/", "--output", "s3://my-bucket/tags-bt/", "--out", "never.jsonl", "--plan"]
+
+
+def test_plan_prices_a_million_photos_from_the_dated_batch_transform_price(monkeypatch, capsys, tmp_path):
+    """The price is the Batch Transform product's (not hosting's, listed first), dated by its offer term's
+    effectiveDate; the vCPUs are the product's; nothing but pricing:GetProducts is called."""
+    monkeypatch.chdir(tmp_path)
+    pricing = boto3.client("pricing", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    filters = [{"Type": "TERM_MATCH", "Field": "instanceName", "Value": "ml.c5.xlarge"},
+               {"Type": "TERM_MATCH", "Field": "regionCode", "Value": REGION}]
+    session = _OnlyPricing(pricing, REGION)
+    monkeypatch.setattr(boto3, "Session", lambda region_name=None, **_: session)
+    with Stubber(pricing) as stub:
+        stub.add_response("get_products", {"FormatVersion": "aws_v1", "PriceList": [
+            _price_item("USE1-Host:ml.c5.xlarge", "0.2040000000", "2025-11-01T00:00:00Z"),
+            _price_item("USE1-Tsform:ml.c5.xlarge", "0.2420000000", "2026-03-01T00:00:00Z")]},
+            {"ServiceCode": "AmazonSageMaker", "Filters": filters})
+        assert bt.main([*PLAN, "--instance-count", "2", "--region", REGION]) == 0
+        stub.assert_no_pending_responses()
+    out = capsys.readouterr().out
+    assert session.made == [("pricing", "us-east-1")] and not (tmp_path / "never.jsonl").exists()
+    assert ("price: $0.2420 per instance-hour on demand (USE1-Tsform:ml.c5.xlarge), effective 2026-03-01 in the "
+            "AWS Price List, read 20") in out and aws_pricing.PRICING_PAGE in out
+    assert "vCPUs: 4 (the price list's vCpu of ml.c5.xlarge)" in out
+    small, phone = tag_benchmark.TAGGER_RATES
+    hours = 1e6 / (86.9 / 2 * 4) / 3600  # the README's figures, worked by hand
+    assert f"{small.photos}: 43.45 photos/s per core (tag_benchmark's tagger, 86.9 photos/s on 2 cores, 2026-12-06): " \
+           f"{hours:.2f} instance-hours per million ({hours / 2:.2f} h on 2 instances), " \
+           f"${hours * 0.242:.2f} per million photos" in out
+    hours = 1e6 / (54.8 / 2 * 4) / 3600
+    assert f"{phone.photos}: 27.40 photos/s per core" in out and f"${hours * 0.242:.2f} per million photos" in out
+    assert "$0.39 per million photos" in out and "$0.61 per million photos" in out  # 1.60 h and 2.53 h at $0.242
+
+
+def test_plan_without_a_price_says_why_and_gives_the_formula(monkeypatch, capsys):
+    pricing = boto3.client("pricing", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    with Stubber(pricing) as stub:
+        stub.add_client_error("get_products", "AccessDeniedException", "not authorized to perform pricing:GetProducts",
+                              400)
+        lines = bt.plan("ml.c5.xlarge", 1, REGION, pricing, today="2026-12-07")
+    text = "\n".join(lines)
+    assert "price: not read (pricing:GetProducts refused: AccessDeniedException: not authorized" in text
+    assert "instance-hours per million = 1,000,000 / (43.45 x vCPUs) / 3600; cost per million = instance-hours x " \
+           "the price per instance-hour" in text and "vCPUs: unknown" in text and aws_pricing.PRICING_PAGE in text
+    with Stubber(pricing) as stub:  # hosting's product only: no Batch Transform price, never hosting's in its place
+        stub.add_response("get_products", {"FormatVersion": "aws_v1", "PriceList": [
+            _price_item("USE1-Host:ml.c5.xlarge", "0.2040000000", "2025-11-01T00:00:00Z")]})
+        text = "\n".join(bt.plan("ml.c5.xlarge", 1, REGION, pricing, vcpus=4))
+    assert "no on-demand hourly product *-Tsform:ml.c5.xlarge in us-east-1" in text and "$0.2040" not in text
+    assert "vCPUs: 4 (--vcpus)" in text and "1.60 instance-hours per million (1.60 h on 1 instance), cost per " \
+                                             "million = 1.60 x the price per instance-hour" in text
+
+    # no credentials anywhere: the command still answers, exit 0, having made only the pricing client
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    made, client = [], boto3.Session.client
+    monkeypatch.setattr(boto3.Session, "client", lambda self, name, **kw: made.append(name) or client(self, name, **kw))
+    assert bt.main([*PLAN, "--region", REGION]) == 0
+    out = capsys.readouterr().out
+    assert "price: not read (no AWS credentials to call pricing:GetProducts" in out and made == ["pricing"]
+    assert "(27.40 x vCPUs) / 3600" in out
+
+
+def test_the_measured_rates_are_the_readmes_run_of_record():
+    """One place for the figures: the README's tag_benchmark table says what tag_benchmark.TAGGER_RATES holds,
+    and its Batch Transform section shows the --plan command instead of retyping them."""
+    readme = (REPO / "landmark_classifier" / "README.md").read_text()
+    rows = {"tagger": "| tagger (default) | 414 | ", "tagger_phone": "| tagger (default), phone-sized photos | 40 | "}
+    for rate in tag_benchmark.TAGGER_RATES:
+        assert f"{rows[rate.row]}{rate.photos_per_s} |" in readme, rate
+    assert f"run {tag_benchmark.MEASURED_ON} on this project's {tag_benchmark.TAGGER_RATES[0].cores}-core machine" \
+        in " ".join(readme.split())
+    section = readme[readme.index("**Cost per million photos"):]
+    assert "--plan --instance-type ml.c5.xlarge --instance-count 2 --region us-east-1" in section
+    pricing = boto3.client("pricing", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    with Stubber(pricing) as stub:  # the README's example output is what --plan prints today without a price
+        stub.add_client_error("get_products", "AccessDeniedException", "no", 400)
+        lines = bt.plan("ml.c5.xlarge", 2, REGION, pricing, vcpus=4)
+    shown = [line for line in lines if not line.startswith("price:")]  # the reason differs: denied, not no credentials
+    assert len(shown) == 5 and all(line in section for line in shown), [line for line in shown if line not in section]
 
 
 # ------------------------------------------------------------------------------- the image

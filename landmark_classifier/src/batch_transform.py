@@ -4,6 +4,8 @@
         --out tags.jsonl --image ACCOUNT.dkr.ecr.REGION.amazonaws.com/landmark-server:1 --role ROLE_ARN
     python -m landmark_classifier.src.batch_transform s3://bucket/photos/ --output s3://bucket/tags-bt/ \
         --out tags.jsonl --join-only          # the outputs of a job that has ended
+    python -m landmark_classifier.src.batch_transform s3://bucket/photos/ --output s3://bucket/tags-bt/ \
+        --out tags.jsonl --plan --instance-type ml.c5.xlarge --region us-east-1   # the cost; starts nothing
 
 The job (`common.sagemaker_jobs`): a SageMaker model of the serving image (landmark_classifier/Dockerfile,
 `src/serve.py`) with the predictor packed as model.tar.gz, and a transform job that sends every object
@@ -20,6 +22,10 @@ the job: the container answers it with the tagger's error record (serve.py, unde
 which the join turns into the tagger's error line for that photo (same keys and kind, naming the photo).
 A photo without an .out (the job failed or stopped first: Batch Transform uploads only what succeeded)
 gets an error line of kind "no transform output" naming the job's FailureReason when there is one.
+
+`--plan` starts nothing and calls only the Price List API (pricing:GetProducts): the cost per million photos
+from tag_benchmark's measured photos/s per core (tag_benchmark.TAGGER_RATES), the instance's vCPUs and its
+on-demand Batch Transform price per hour, with the date that price took effect (common.aws_pricing).
 """
 from __future__ import annotations
 
@@ -33,7 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common import aws_pricing
 from common import sagemaker_jobs as sj
+from landmark_classifier import tag_benchmark
 from landmark_classifier.src import predictor, tag
 from landmark_classifier.src.serve import MODEL_FILE, REQUEST
 
@@ -60,6 +68,49 @@ def hours_per_million(photos_per_second_per_core: float, cores: int) -> float:
     """Instance-hours to tag a million photos at a measured per-core rate (the cost on paper is this times
     the instance's hourly price; job start-up is extra)."""
     return 1e6 / (photos_per_second_per_core * cores) / 3600
+
+
+def plan(instance_type: str, instance_count: int, region: str | None, pricing: Any,
+         vcpus: int | None = None, today: str | None = None) -> list[str]:
+    """What a job on `instance_count` x `instance_type` would cost per million photos, one line each; calls only
+    pricing:GetProducts. Each photo takes one core's ONNX run (serve.py answers one request per core), so the
+    measured photos/s per core x the instance's vCPUs is its rate. Without a price, the formula."""
+    today = today or time.strftime("%Y-%m-%d", time.gmtime())
+    lines = [f"plan, nothing started: Batch Transform on {instance_count} x {instance_type} in {region or '(no region)'}"]
+    price, why = None, "no region (--region, or AWS_DEFAULT_REGION)"
+    if region:
+        try:
+            price = aws_pricing.find_hourly_price(pricing, instance_type, region, aws_pricing.TRANSFORM)
+        except aws_pricing.PriceUnavailable as err:
+            why = str(err)
+    if price:
+        lines.append(f"price: ${price.usd:.4f} per instance-hour on demand ({price.usage_type}), effective "
+                     f"{price.day} in the AWS Price List, read {today}; {aws_pricing.PRICING_PAGE}")
+    else:
+        lines.append(f"price: not read ({why}); {instance_type}'s Batch Transform price in {region or 'your region'} "
+                     f"is on {aws_pricing.PRICING_PAGE}")
+    if vcpus is not None:
+        lines.append(f"vCPUs: {vcpus} (--vcpus)")
+    elif price and price.vcpus:
+        vcpus = price.vcpus
+        lines.append(f"vCPUs: {vcpus} (the price list's vCpu of {instance_type})")
+    else:
+        lines.append("vCPUs: unknown (the price list gave none; --vcpus N)")
+    for rate in tag_benchmark.TAGGER_RATES:
+        measured = (f"{rate.photos}: {rate.per_core:.2f} photos/s per core (tag_benchmark's {rate.row}, "
+                    f"{rate.photos_per_s} photos/s on {rate.cores} cores, {tag_benchmark.MEASURED_ON})")
+        if vcpus is None:
+            lines.append(f"{measured}: instance-hours per million = 1,000,000 / ({rate.per_core:.2f} x vCPUs) / 3600; "
+                         f"cost per million = instance-hours x the price per instance-hour")
+            continue
+        hours = hours_per_million(rate.per_core, vcpus)
+        cost = f"${hours * price.usd:.2f} per million photos" if price else \
+            f"cost per million = {hours:.2f} x the price per instance-hour"
+        lines.append(f"{measured}: {hours:.2f} instance-hours per million ({hours / instance_count:.2f} h on "
+                     f"{instance_count} instance{'s' if instance_count > 1 else ''}), {cost}")
+    lines.append("not counted: the job's start (instances, image pull), HTTP between SageMaker's agent and the "
+                 "container, S3 requests (a GET and a PUT per photo for the job, a GET for the join)")
+    return lines
 
 
 # ----------------------------------------------------------------------------------------- launch
@@ -205,9 +256,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-payload-mb", type=int, default=20, help="the largest photo sent (MaxPayloadInMB)")
     parser.add_argument("--region", help="default: boto3's")
     parser.add_argument("--poll-seconds", type=float, default=30)
+    parser.add_argument("--plan", action="store_true",
+                        help="start nothing: print the cost per million photos on --instance-type from the measured "
+                             "photos/s per core and the Price List API's dated price (pricing:GetProducts only)")
+    parser.add_argument("--vcpus", type=int, help="with --plan: the instance's vCPUs, if the price list gives none")
     args = parser.parse_args(argv)
     if not args.source.startswith("s3://") or not args.output.startswith("s3://"):
         parser.error("the source and --output are s3:// prefixes")
+    if args.instance_count < 1 or (args.vcpus is not None and args.vcpus < 1):
+        parser.error("--instance-count and --vcpus must be at least 1")
+    if args.plan:
+        if args.join_only:
+            parser.error("--plan starts nothing and joins nothing: leave out --join-only")
+        import boto3
+
+        session = boto3.Session(region_name=args.region)
+        pricing = session.client("pricing", region_name=aws_pricing.PRICING_REGION)
+        print("\n".join(plan(args.instance_type, args.instance_count, session.region_name, pricing, args.vcpus)))
+        return 0
     failure = args.failure_reason
     if not args.join_only:
         import boto3

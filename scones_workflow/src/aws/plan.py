@@ -1,11 +1,10 @@
 """`deploy --plan`: what a deploy would create, change and cost, from read-only calls only (Describe/List/Get,
-the preflight checks, the AWS Price List API); `teardown --plan` is teardown.teardown_plan."""
+the preflight checks, the AWS Price List API through common.aws_pricing); `teardown --plan` is teardown.teardown_plan."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from common.aws_pricing import HOST, PRICING_PAGE, PRICING_REGION, TRAIN, hourly_price
 
 from ..lambdas.constants import DEFAULT_VARIANT, VARIANTS
 from .config import DeployConfig
@@ -14,34 +13,10 @@ from .endpoint import describe_endpoint, variant_fleets
 from .scaling import kept_during_update, scaled_variants
 from .stack import describe_stack
 
-PRICING_PAGE = "https://aws.amazon.com/sagemaker/pricing/"
-PRICING_REGION = "us-east-1"  # the Price List API's endpoint; it prices every region
-
-
-def hourly_price(pricing: Any, instance_type: str, region: str, use: str) -> float | None:
-    """On-demand USD per hour of `instance_type` in `region` for `use` ("Host": real-time inference, "Train"),
-    from the AWS Price List API (pricing:GetProducts; SageMaker's usage types read e.g. USE1-Host:ml.m5.xlarge).
-    None when it cannot be read: the plan then points at the pricing page."""
-    filters = [{"Type": "TERM_MATCH", "Field": "instanceName", "Value": instance_type},
-               {"Type": "TERM_MATCH", "Field": "regionCode", "Value": region}]
-    try:
-        for page in pricing.get_paginator("get_products").paginate(ServiceCode="AmazonSageMaker", Filters=filters):
-            for item in page.get("PriceList", []):
-                product = json.loads(item)
-                if not product["product"]["attributes"].get("usagetype", "").endswith(f"-{use}:{instance_type}"):
-                    continue
-                for term in product["terms"].get("OnDemand", {}).values():
-                    for dimension in term["priceDimensions"].values():
-                        if dimension.get("unit", "").lower().startswith("hr"):
-                            return float(dimension["pricePerUnit"]["USD"])
-    except (ClientError, BotoCoreError, KeyError, ValueError):
-        return None
-    return None
-
 
 def _price(pricing: Any, instance_type: str, region: str, use: str) -> str:
     price = hourly_price(pricing, instance_type, region, use)
-    return f"${price:.4f}/h on demand per instance" if price is not None else f"price: see {PRICING_PAGE}"
+    return f"${price.usd:.4f}/h on demand per instance" if price is not None else f"price: see {PRICING_PAGE}"
 
 
 def deploy_plan(session: Any, config: DeployConfig, pricing: Any = None) -> list[str]:
@@ -57,7 +32,7 @@ def deploy_plan(session: Any, config: DeployConfig, pricing: Any = None) -> list
     else:
         lines.append(f"model: upload the staged images to s3://{config.bucket}/scones/data/, train the built-in image "
                      f"classifier ({config.training_mode}, {config.epochs} epochs) on 1 x {config.training_instance_type} "
-                     f"({_price(pricing, config.training_instance_type, region, 'Train')})")
+                     f"({_price(pricing, config.training_instance_type, region, TRAIN)})")
     stack = describe_stack(cfn, config.stack_name)
     lines.append(f"stack {config.stack_name}: {'update' if stack else 'create'} (3 functions with their roles, the state "
                  f"machine, data and capture buckets kept on delete, the low-confidence alarm and its topic)")
@@ -69,7 +44,7 @@ def deploy_plan(session: Any, config: DeployConfig, pricing: Any = None) -> list
                      f"compute time, cold starts after idle; no data capture, no auto scaling)")
     else:
         lines.append(f"endpoint config: {', '.join(names)}, each {fleet.count} x {config.instance_type} "
-                     f"({_price(pricing, config.instance_type, region, 'Host')}), 100% data capture")
+                     f"({_price(pricing, config.instance_type, region, HOST)}), 100% data capture")
     lines.append(f"endpoint {config.endpoint_name}: " + ("create" if previous is None else
                  f"blue/green update from {previous['EndpointConfigName']} (both fleets run while traffic moves)"))
     scaled_now = scaled_variants(cfn, config.stack_name) if stack else ()
