@@ -224,6 +224,24 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+def pack_model(files: dict[str, Path], archive: Path) -> Path:
+    """model.tar.gz with each file at its name (SageMaker unpacks it into /opt/ml/model). Members carry no
+    owner, time or mode of this machine, so the same files give the same archive (and the same S3 ETag)."""
+    def reproducible(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mtime = 0
+        info.mode = 0o644
+        return info
+
+    archive = Path(archive)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, path in files.items():
+            tar.add(path, arcname=name, filter=reproducible)
+    return archive
+
+
 def download_model(job: Any, dest: Path, session: Any) -> Path:
     """Download the job's model.tar.gz and unpack it into `dest` (emptied first): the folder the entry
     point filled as /opt/ml/model. The archive's members may not leave `dest` (tarfile's data filter)."""

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -117,21 +116,9 @@ def plan(instance_type: str, instance_count: int, region: str | None, pricing: A
 
 def package_model(onnx_path: Path, out_dir: Path) -> Path:
     """model.tar.gz with the predictor at its root as MODEL_FILE: SageMaker unpacks it into /opt/ml/model,
-    where serve.py looks first. Members carry no owner or time (the same file gives the same archive)."""
+    where serve.py looks first (`common.sagemaker_jobs.pack_model`: the same file gives the same archive)."""
     predictor.load(onnx_path)  # a landmark predictor, or ModelFileError naming the file
-
-    def reproducible(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        info.mtime = 0
-        info.mode = 0o644
-        return info
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    archive = out_dir / "model.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(onnx_path, arcname=MODEL_FILE, filter=reproducible)
-    return archive
+    return sj.pack_model({MODEL_FILE: Path(onnx_path)}, Path(out_dir) / "model.tar.gz")
 
 
 @dataclass(frozen=True)

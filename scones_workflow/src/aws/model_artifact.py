@@ -3,9 +3,10 @@ job of the built-in algorithm on the staged data."""
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 from typing import Any
+
+from common.sagemaker_jobs import pack_model
 
 from ..lambdas.constants import CLASS_NAMES
 from .config import DeployConfig
@@ -29,19 +30,7 @@ def package_model(onnx_path: Path, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     meta_path = out_dir / "metadata.json"
     meta_path.write_text(json.dumps(metadata, indent=2, sort_keys=True))
-    archive = out_dir / "model.tar.gz"
-
-    def reproducible(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        info.mtime = 0
-        info.mode = 0o644
-        return info
-
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(onnx_path, arcname="model.onnx", filter=reproducible)
-        tar.add(meta_path, arcname="metadata.json", filter=reproducible)
-    return archive
+    return pack_model({"model.onnx": onnx_path, "metadata.json": meta_path}, out_dir / "model.tar.gz")
 
 
 def model_artifact(session: Any, config: DeployConfig, stamp: str, staged: Any = None) -> tuple[str, str, str | None]:
