@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -124,6 +125,17 @@ class InferenceServer(ThreadingHTTPServer):
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
+
+    def serve_until_stopped(self) -> None:
+        """Serve in this thread until Ctrl-C or SIGTERM (docker stop; SageMaker ending a job or replacing an
+        endpoint's instances), then close the socket: a container's main loop."""
+        signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=self.shutdown).start())
+        try:
+            self.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.server_close()
 
     def __enter__(self) -> "InferenceServer":
         return self.start()

@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -106,17 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     except ModelFileError as err:
         print(f"error: cannot load the predictor: {err}", file=sys.stderr)
         return 2
-    # SIGTERM (docker stop, SageMaker at the end of a job) stops serving as Ctrl-C does.
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     bad_photos = "answered as error records (Batch Transform)" if server.bad_image_answer else "a 400"
     print(f"serving {model_path(args.model)} on {server.url}; execution parameters "
           f"{server.execution_parameters}; bad photos {bad_photos}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    server.serve_until_stopped()  # SIGTERM (docker stop, SageMaker at the end of a job) stops it as Ctrl-C does
     return 0
 
 

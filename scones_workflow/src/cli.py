@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -112,15 +110,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         predictor = Predictor(args.model or default_model())
         server = InferenceServer(predictor, host=args.host, port=args.port or port_from_env(), capture=capture)
         served = f"{predictor.path} ({predictor.metadata.get('model_name', 'model')})"
-    # SIGTERM (docker stop, SageMaker) must flush the captures like Ctrl-C does.
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(f"serving {served} on {server.url} (captures: {args.capture or 'off'})", flush=True)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        server.serve_until_stopped()  # SIGTERM (docker stop, SageMaker) must flush the captures like Ctrl-C does
     finally:
-        server.server_close()
         if capture is not None:
             capture.close()
     return 0
