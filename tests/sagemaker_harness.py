@@ -11,7 +11,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import boto3
+import pytest
+from botocore.stub import Stubber
+
 from common import sagemaker_jobs as sj
+from tests.scones_aws_fixtures import REGION
+
+
+def sagemaker_client(session):
+    """The client sagemaker-core's resources use for `session` (it caches one per session and region)."""
+    from sagemaker.core.utils.utils import SageMakerClient
+
+    return SageMakerClient(session=session, region_name=session.region_name).sagemaker_client
+
+
+@pytest.fixture()
+def stubbed():
+    """(session, Stubber) on the SageMaker client the launcher's calls go through; every response must be used."""
+    session = boto3.Session(region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
+    with Stubber(sagemaker_client(session)) as stub:
+        yield session, stub
+        stub.assert_no_pending_responses()
 
 
 def run_container(session, name: str, opt_ml: Path, checkpoints: Path | None = None) -> str:

@@ -30,6 +30,7 @@ from landmark_classifier import tag_benchmark
 from landmark_classifier.src import batch_transform as bt
 from landmark_classifier.src import serve, tag
 from tests.landmark_fixtures import tiny_dataset, tiny_export, tiny_predictor  # noqa: F401 (fixtures)
+from tests.sagemaker_harness import sagemaker_client, stubbed  # noqa: F401 (a fixture)
 from tests.scones_aws_fixtures import IMAGE, REGION, ROLE, aws_session  # noqa: F401 (a fixture)
 from tests.service_model_check import Recorder, record_calls, request_problems
 from tests.test_landmark_tag import _gps_jpeg, _lines, _photos
@@ -182,13 +183,6 @@ def test_the_container_command_serves_on_sagemakers_port(tiny_predictor, tiny_da
 
 # ------------------------------------------------------------------ the requests, in moto
 
-def _sagemaker_client(session):
-    """The client sagemaker-core's resources use for `session` (it caches one per session and region)."""
-    from sagemaker.core.utils.utils import SageMakerClient
-
-    return SageMakerClient(session=session, region_name=session.region_name).sagemaker_client
-
-
 BUCKET = "my-bucket"  # aws_session creates it
 
 
@@ -225,7 +219,7 @@ def test_create_model_and_transform_job_meet_the_service_model(aws_session, tiny
 
 def test_the_checker_refuses_what_moto_accepts_and_the_spec_its_limits(aws_session):  # noqa: F811
     spec = sj.TransformJobSpec("landmark_tag", "m", "s3://b/in/", "s3://b/out/", instance_type="ml.c5.huge")
-    recorder = Recorder(_sagemaker_client(aws_session))
+    recorder = Recorder(sagemaker_client(aws_session))
     sj.start_transform(spec, aws_session)  # moto: created
     found = request_problems("sagemaker", "CreateTransformJob", recorder.params("CreateTransformJob"))
     assert any("TransformJobName: 'landmark_tag' does not match" in p for p in found)
@@ -254,14 +248,6 @@ def _described(status: str, **extra) -> dict:
             "CreationTime": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc), **extra}
 
 
-@pytest.fixture()
-def stubbed():
-    session = boto3.Session(region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
-    with Stubber(_sagemaker_client(session)) as stub:
-        yield session, stub
-        stub.assert_no_pending_responses()
-
-
 def _wait(session, stub, responses) -> tuple[object, list[str]]:
     for response in responses:
         stub.add_response("describe_transform_job", response, {"TransformJobName": NAME})
@@ -287,7 +273,7 @@ def test_a_failed_transform_job_raises_with_its_failure_reason(stubbed):
 def test_a_stopped_transform_job_is_a_failure_though_the_waiter_counts_it_a_success(stubbed):
     session, stub = stubbed
     stub.add_response("describe_transform_job", _described("Stopped"), {"TransformJobName": NAME})
-    _sagemaker_client(session).get_waiter("transform_job_completed_or_stopped").wait(
+    sagemaker_client(session).get_waiter("transform_job_completed_or_stopped").wait(
         TransformJobName=NAME, WaiterConfig={"Delay": 0})  # botocore's waiter: no error on Stopped
     with pytest.raises(sj.TransformJobFailed, match="ended Stopped: no FailureReason given"):
         _wait(session, stub, [_described("InProgress"), _described("Stopping"), _described("Stopped")])

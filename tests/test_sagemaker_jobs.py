@@ -14,30 +14,25 @@ import shutil
 import tarfile
 from pathlib import Path
 
-import boto3
 import pytest
-from botocore.stub import Stubber
 
 from common import paths, s3io
 from common import sagemaker_jobs as sj
+from tests.sagemaker_harness import sagemaker_client, start_and_run, stubbed  # noqa: F401 (a fixture)
 from tests.scones_aws_fixtures import REGION, ROLE, aws_session  # noqa: F401 (a fixture)
-from tests.sagemaker_harness import start_and_run
 from tests.service_model_check import Recorder, request_problems
 from tests.test_sagemaker_entry import (  # noqa: F401 (fixtures: real digits as IDX files, generated landmark photos)
-    LANDMARK_HPS, MNIST_HPS, landmark_channel, mnist_channel)
+    LANDMARK_HPS,
+    MNIST_HPS,
+    landmark_channel,
+    mnist_channel,
+)
 
 BUCKET = "my-bucket"
 
 
 def _settings(**compute) -> sj.SageMakerSettings:
     return sj.SageMakerSettings(ROLE, BUCKET, sj.Compute(**{"instance_type": "ml.m5.xlarge", **compute}))
-
-
-def _sagemaker_client(session):
-    """The client sagemaker-core's resources use for `session` (it caches one per session and region)."""
-    from sagemaker.core.utils.utils import SageMakerClient
-
-    return SageMakerClient(session=session, region_name=session.region_name).sagemaker_client
 
 
 TOY_ENTRY = '''"""A stand-in entry point: reads the contract, joins torchrun's group, rank 0 writes what it saw."""
@@ -99,7 +94,7 @@ def _data(tmp_path: Path) -> Path:
 
 
 def test_a_spot_multi_instance_request_meets_the_service_model(aws_session, toy_repo, tmp_path):
-    recorder = Recorder(_sagemaker_client(aws_session))
+    recorder = Recorder(sagemaker_client(aws_session))
     settings = _settings(instance_count=2, processes_per_host=4, spot=True, max_run_seconds=3600)
     name = sj.submit_script(_toy_job(toy_repo, _data(tmp_path)), settings, tmp_path / "work", session=aws_session,
                             log=lambda _: None)
@@ -124,7 +119,7 @@ def test_the_checker_refuses_what_botocore_and_moto_accept(aws_session):
     creates the job; AWS refuses them (ValidationException). The service-model check finds both."""
     spec = sj.TrainingJobSpec("mnist_cnn", ROLE, sj.Algorithm("image:1"), (sj.Channel("train", "s3://b/t/"),),
                               "s3://b/out", sj.Compute("ml.g5.huge"))
-    recorder = Recorder(_sagemaker_client(aws_session))
+    recorder = Recorder(sagemaker_client(aws_session))
     sj.start(spec, aws_session)  # moto: created
     found = request_problems("sagemaker", "CreateTrainingJob", recorder.params("CreateTrainingJob"))
     assert any("TrainingJobName: 'mnist_cnn' does not match" in p for p in found)
@@ -205,14 +200,6 @@ def _described(status: str, secondary: str, **extra) -> dict:
             "StoppingCondition": {"MaxRuntimeInSeconds": 3600}, "CreationTime": created, **extra}
 
 
-@pytest.fixture()
-def stubbed():
-    session = boto3.Session(region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
-    with Stubber(_sagemaker_client(session)) as stub:
-        yield session, stub
-        stub.assert_no_pending_responses()
-
-
 def _wait(session, responses, stub) -> tuple[object, list[str]]:
     for response in responses:
         stub.add_response("describe_training_job", response, {"TrainingJobName": NAME})
@@ -243,7 +230,7 @@ def test_a_stopped_job_is_a_failure_though_the_waiter_counts_it_a_success(stubbe
     session, stub = stubbed
     stopped = _described("Stopped", "MaxRuntimeExceeded")
     stub.add_response("describe_training_job", stopped, {"TrainingJobName": NAME})
-    _sagemaker_client(session).get_waiter("training_job_completed_or_stopped").wait(
+    sagemaker_client(session).get_waiter("training_job_completed_or_stopped").wait(
         TrainingJobName=NAME, WaiterConfig={"Delay": 0})  # botocore's waiter: no error on Stopped
     with pytest.raises(sj.TrainingJobFailed, match=r"ended Stopped \(MaxRuntimeExceeded\): no FailureReason given"):
         _wait(session, [_described("InProgress", "Training"), _described("Stopped", "MaxRuntimeExceeded")], stub)
