@@ -4,7 +4,8 @@ TorchScript file (the seed's format), each carrying its own preprocessing.
 `ServingModel` is what both files contain: a uint8 `N x 3 x H x W` RGB batch of any size in;
 out, two tensors: `probabilities` (N x classes, calibrated by the temperature) and `known_score`
 (N: how much the photo looks like one of the known classes; below the file's threshold the answer is
-"no known landmark", see `OpenSetRule`). Inside: resize the short side to `resize_size` (bilinear,
+"no known landmark", see `OpenSetRule`); `UprightServingModel` adds a third, `orientation` (N x 4:
+which quarter turn the photo is stored at, see `orientation.py`). Inside: resize the short side to `resize_size` (bilinear,
 antialiased), centre-crop `crop_size`, normalise, the model's features, optionally averaged over
 the image and its mirror (what validation measured; `mirror=True`), the head, softmax(logits / T).
 
@@ -171,6 +172,28 @@ class ServingModel(nn.Module):
         return torch.softmax(logits / self.temperature, dim=1), self.score(features, logits)
 
 
+class UprightServingModel(ServingModel):
+    """`ServingModel` with a third output, `orientation` (N x 4: p(the photo is the upright photo
+    turned q quarters counter-clockwise), see `orientation.py`), read from the trunk's map of the
+    photo as it is (not its mirror). Needs the model in two parts: `trunk` -> maps, `top` -> features."""
+
+    def __init__(self, trunk: nn.Module, top: nn.Module, head: nn.Module, orientation: nn.Module,
+                 preprocessing: Preprocessing, class_names: list[str], rule: OpenSetRule | None = None) -> None:
+        super().__init__(nn.Identity(), preprocessing, class_names, rule, head=head)
+        self.trunk, self.top, self.orientation = trunk, top, orientation
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        x = self.preprocess(x)
+        count = x.shape[0]
+        maps = self.trunk(torch.cat([x, x.flip(3)]) if self.mirror else x)
+        features = self.top(maps)
+        if self.mirror:
+            features = (features[:count] + features[count:]) / 2
+        logits = self.head(features)
+        return (torch.softmax(logits / self.temperature, dim=1), self.score(features, logits),
+                torch.softmax(self.orientation(maps[:count]), dim=1))
+
+
 def check_inputs(seed: int = 0) -> list[torch.Tensor]:
     """The sizes an export must agree with eager on: portrait, a 512 x 513 tie, a 1920 x 1080
     phone photo, a batch of small squares, a panorama."""
@@ -212,16 +235,22 @@ class ModelCard:
 
 def export_predictor(model: nn.Module, preprocessing: Preprocessing, card: ModelCard, folder: Path, *,
                      extra_checks: list[torch.Tensor] = (), stem: str = "landmark_predictor",
-                     rule: OpenSetRule | None = None) -> Exported:
+                     rule: OpenSetRule | None = None, orientation=None) -> Exported:
     """Write `folder/stem.onnx` and `folder/stem.pt`, each checked against the eager model.
 
     The ONNX file is verified by `common.serving.export_onnx` on `check_inputs()` plus
     `extra_checks` (e.g. real test photos); its metadata carries what a predictor needs, the
-    open-set `rule` (default: accept every photo) included."""
+    open-set `rule` (default: accept every photo) included. With `orientation` (an
+    `orientation.Orientation`; `model` then a `common.transfer.Classifier`) the files also output
+    the photo's quarter turn, and the metadata carries the predictor's rerun rule."""
     class_names = card.class_names
     rule = rule or OpenSetRule()
     model = model.cpu().eval().to(memory_format=torch.contiguous_format)
-    serving = ServingModel(model, preprocessing, class_names, rule).eval()
+    if orientation is None:
+        serving = ServingModel(model, preprocessing, class_names, rule).eval()
+    else:
+        serving = UprightServingModel(model.trunk, model.top, model.head, orientation.head.cpu().eval(),
+                                      preprocessing, class_names, rule).eval()
     metadata = {
         "class_names": list(class_names),
         "display_names": list(card.display_names or class_names),
@@ -234,6 +263,7 @@ def export_predictor(model: nn.Module, preprocessing: Preprocessing, card: Model
         "output": "probabilities: N x classes (softmax of logits / temperature), columns in class_names order; "
                   "known_score: N (no known landmark where below open_set.threshold)",
         "open_set": rule.metadata(),
+        **({"orientation": orientation.metadata()} if orientation is not None else {}),
         "model_name": card.model_name,
         "training_run": {"exported_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **card.training_run},
     }
@@ -241,9 +271,19 @@ def export_predictor(model: nn.Module, preprocessing: Preprocessing, card: Model
     example = torch.randint(0, 256, (1, 3, 300, 400), dtype=torch.uint8)
     onnx_path = export_onnx(serving, example, folder / f"{stem}.onnx", metadata=metadata, dynamic_hw=True,
                             check_inputs=[*check_inputs(), *extra_checks], atol=1e-4,
-                            output_names=("probabilities", "known_score"))
-    inner, how = _scriptable(serving.features, preprocessing.crop_size)
-    scripted = ServingModel(inner, preprocessing, class_names, rule, head=serving.head).eval()
+                            output_names=("probabilities", "known_score", "orientation")[:3 if orientation else 2])
+    if orientation is None:
+        inner, how = _scriptable(serving.features, preprocessing.crop_size)
+        scripted = ServingModel(inner, preprocessing, class_names, rule, head=serving.head).eval()
+    else:
+        trunk, how = _scriptable(serving.trunk, preprocessing.crop_size)
+        with torch.no_grad():
+            maps = serving.trunk(torch.zeros(2, 3, preprocessing.crop_size, preprocessing.crop_size))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            top = torch.jit.trace(serving.top, maps, check_trace=False)
+        scripted = UprightServingModel(trunk, top, serving.head, serving.orientation, preprocessing, class_names,
+                                       rule).eval()
     torchscript_path, _ = save_torchscript(scripted, folder / f"{stem}.pt", example)
     sizes = {p: p.stat().st_size / 2**20 for p in (onnx_path, torchscript_path)}
     for path, size in sizes.items():

@@ -5,7 +5,8 @@ transfer_learning.ipynb's run of record, see `export.py`) is the whole model: it
 N x 3 x H x W RGB batch of any size, resizes, crops and normalises inside the graph, and returns
 calibrated class probabilities and a known score; its metadata names the classes, the input
 contract, the normalisation, the open-set rule (below its threshold a photo shows "no known
-landmark"), the model and the run that trained it. Decoding stays here (`common.images.load_image`: EXIF
+landmark"), which way up the photo is (a photo stored sideways is also named turned back, see
+`orientation.py` and `run`), the model and the run that trained it. Decoding stays here (`common.images.load_image`: EXIF
 rotation, transparency, 16-bit, CMYK, ... and a clear error naming any file that is not an image).
 
 CLI: `python -m landmark_classifier.src.predictor IMAGE ... [--model FILE.onnx] [-k 5] [--json]`
@@ -67,9 +68,31 @@ def to_array(image: Any, name: str | None = None) -> np.ndarray:
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
+def run(model: OnnxModel, batch: np.ndarray) -> dict[str, np.ndarray]:
+    """The file's outputs for a uint8 N x 3 x H x W batch, by output name.
+
+    A file that also says which way up each photo is (an `orientation` output and rule, see
+    `orientation.py`) names a photo whose upright probability is below the rule's `rerun_below`
+    turned back each way too, and mixes the answers by the turn's probabilities."""
+    outputs = model.run_all(batch)
+    rule = model.metadata.get("orientation")
+    if rule is None or "orientation" not in outputs:
+        return outputs
+    turns = outputs.pop("orientation")
+    mixed = {name: np.array(values, copy=True) for name, values in outputs.items()}
+    for row in np.flatnonzero(turns[:, 0] < float(rule["rerun_below"])):
+        photo = batch[row]
+        sideways = model.run_all(np.stack([np.rot90(photo, -1, axes=(1, 2)), np.rot90(photo, -3, axes=(1, 2))]))
+        upside_down = model.run_all(np.ascontiguousarray(np.rot90(photo, 2, axes=(1, 2)))[None])
+        for name in mixed:  # p(turned q) * the answer for the photo turned back q, summed
+            mixed[name][row] = (turns[row, 0] * outputs[name][row] + turns[row, 1] * sideways[name][0]
+                                + turns[row, 2] * upside_down[name][0] + turns[row, 3] * sideways[name][1])
+    return mixed
+
+
 def probabilities(model: OnnxModel, image: Any, name: str | None = None) -> np.ndarray:
     """The class probabilities of one image (columns in `model.class_names` order)."""
-    return model.run(to_array(image, name)[None])[0]
+    return next(iter(run(model, to_array(image, name)[None]).values()))[0]
 
 
 def top_k(model: OnnxModel, image: Any, k: int = 5, name: str | None = None) -> list[tuple[str, float]]:
@@ -109,11 +132,11 @@ def predict(model: OnnxModel, image: Any, k: int = 5, name: str | None = None) -
     file's threshold, with the k best guesses either way."""
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    return predictions(model, model.run_all(to_array(image, name)[None]), k)[0]
+    return predictions(model, run(model, to_array(image, name)[None]), k)[0]
 
 
 def predictions(model: OnnxModel, outputs: dict[str, np.ndarray], k: int = 5) -> list[Prediction]:
-    """One Prediction per row of the file's outputs for a batch (`OnnxModel.run_all`): the file's
+    """One Prediction per row of the file's outputs for a batch (`run`): the file's
     rule applied to its known score (an older file without one: the top probability, accepted)."""
     scores = next(iter(outputs.values()))  # the first output: the probabilities
     known = outputs.get("known_score", scores.max(axis=1))

@@ -60,6 +60,7 @@ class Shipped:
     label: str
     valid_accuracy: float
     train_seconds: float
+    upright: dict | None = None  # the file's orientation rule (`orientation.Orientation.metadata`), if it has one
 
 
 @dataclass
@@ -127,7 +128,8 @@ def record_transfer(report_dir: str | os.PathLike, profile: str, data: LandmarkD
                  "transfer learning validation accuracy": round(run.valid_accuracy, 4),
                  "transfer learning training seconds": round(run.train_seconds, 1),
                  "transfer learning comparison seconds (all candidates)": run.comparison_seconds,
-                 "transfer learning test scored on": f"{exported.onnx_path.name} through predictor.py, from the photo files"},
+                 "transfer learning test scored on": f"{exported.onnx_path.name} through predictor.py, from the photo files",
+                 **_upright_summary(run.shipped)},
         tables=[report.table(CANDIDATES_TITLE, run.candidates_table()),
                 report.table("Transfer learning: test accuracy per class", per_class.round(4))],
         figures=run.figures,
@@ -143,6 +145,18 @@ def record_transfer(report_dir: str | os.PathLike, profile: str, data: LandmarkD
                   "misclassified": [{"photo": run.test_paths[i].name, "true": run.names[run.labels[i]],
                                      "predicted": run.names[result.predicted[i]]} for i in result.wrong]},
     )
+
+
+def _upright_summary(shipped: Shipped | None) -> dict:
+    """The sideways-photo step's validation numbers (orientation.py), for the summary."""
+    if shipped is None or not shipped.upright:
+        return {}
+    fit, choice = shipped.upright["fit"], shipped.upright["chosen on validation"]
+    return {"sideways photos: orientation head validation accuracy (four turns)": fit["validation accuracy"],
+            "sideways photos: run again below p(upright)": shipped.upright["rerun_below"],
+            "sideways photos: validation photos run again": choice["validation photos run again"],
+            "transfer learning validation accuracy without the sideways step":
+                choice["validation photos (no thumbnails): accuracy without"]}
 
 
 OPEN_SET_TITLE = "Open set: held-out-class protocol, mean of the rotations (method chosen on validation)"

@@ -235,7 +235,7 @@ class Labeller:
         """One Prediction per array: one ONNX run when they share a size, else one run each."""
         if len({a.shape for a in arrays}) > 1:
             return [p for a in arrays for p in self.predictions([a])]
-        return predictor.predictions(self.model, self.model.run_all(np.stack(arrays)), self.k)
+        return predictor.predictions(self.model, predictor.run(self.model, np.stack(arrays)), self.k)
 
     def tags(self, prediction: predictor.Prediction, gps: dict | None) -> dict[str, Any]:
         """What is known about one photo (TAG_KEYS): the predictor's --json answer, its GPS and the source

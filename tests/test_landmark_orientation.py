@@ -1,0 +1,106 @@
+"""Sideways photos: the orientation head learns which way is up, the threshold is chosen on
+validation, and the exported file's predictor names a photo it thinks is turned as if turned back."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.transfer import Activations, Classifier
+from landmark_classifier.src import export, orientation, predictor
+from tests.landmark_fixtures import tiny_dataset  # noqa: F401
+
+
+def _scenes(count: int, seed: int) -> torch.Tensor:
+    """uint8 'photos' with a bright sky above a dark ground, and noise: up is learnable."""
+    generator = torch.Generator().manual_seed(seed)
+    sky = torch.linspace(230, 40, 32).view(1, 1, 32, 1).expand(count, 3, 32, 32)
+    return (sky + 40 * torch.randn(count, 3, 32, 32, generator=generator)).clamp(0, 255).to(torch.uint8)
+
+
+def _as_trunk(images: torch.Tensor) -> Activations:
+    """A stand-in trunk: the images pooled to an 8 x 8 map (its mirror as the mirror)."""
+    maps = F.avg_pool2d(images.float(), 4)
+    return Activations(maps, maps.flip(3))
+
+
+def test_quadrants_are_adaptive_pooling_to_two_by_two():
+    for height, width in ((8, 8), (9, 9), (7, 10)):
+        maps = torch.randn(2, 5, height, width)
+        assert torch.allclose(orientation.quadrants(maps), F.adaptive_avg_pool2d(maps, 2).flatten(1), atol=1e-6)
+
+
+def test_the_head_learns_which_way_is_up():
+    train, valid = _scenes(60, 0), _scenes(30, 1)
+    head, note = orientation.fit_head({q: _as_trunk(orientation.turned(train, q)) for q in orientation.QUARTERS},
+                                      {q: _as_trunk(orientation.turned(valid, q)) for q in orientation.QUARTERS})
+    assert note["validation accuracy"] > 0.95
+    assert set(note["validation accuracy by turn"]) == {"0 degrees", "90 degrees", "180 degrees", "270 degrees"}
+    # the predictor turns its arrays back with numpy: the same turn as training's torch.rot90
+    assert np.array_equal(np.rot90(valid[0].numpy(), 1, axes=(1, 2)), orientation.turned(valid[:1], 1)[0].numpy())
+    with torch.no_grad():  # a photo turned a quarter counter-clockwise reads as q = 1
+        assert int(head(_as_trunk(orientation.turned(valid[:1], 1)).plain).argmax()) == 1
+
+
+def test_mixing_and_the_rerun_threshold_chosen_on_validation():
+    # photo 0 upright and named right as stored; photo 1 stored turned (q = 1), named right only turned back
+    answers = np.zeros((2, 4, 2))
+    answers[0, :, 0] = 1.0
+    answers[1, 0] = [1.0, 0.0]
+    answers[1, 1:] = [0.0, 1.0]
+    labels = np.array([0, 1])
+    turns = np.array([[0.9, 0.05, 0.0, 0.05], [0.25, 0.7, 0.0, 0.05]])
+    assert orientation.mix(turns, answers) == pytest.approx(np.array([[1.0, 0.0], [0.25, 0.75]]))
+    below, note = orientation.choose_rerun_below(turns, answers, labels, candidates=(0.1, 0.2, 0.3, 0.5))
+    assert below == 0.3  # the smallest threshold that runs photo 1 again
+    assert note["validation accuracy without"] == 0.5 and note["validation accuracy with"] == 1.0
+    assert note["validation photos run again"] == 0.5
+
+
+def _classifier() -> Classifier:
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU())
+    top = nn.Sequential(nn.Conv2d(4, 6, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return Classifier(trunk, top, nn.Linear(6, 3)).eval()
+
+
+def _fixed_head(quarters: int) -> orientation.OrientationHead:
+    """An orientation head that always says the photo is turned `quarters`."""
+    linear = nn.Linear(4 * 4, 4)
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.copy_(torch.full((4,), -20.0))
+        linear.bias[quarters] = 20.0
+    return orientation.OrientationHead(linear)
+
+
+@pytest.mark.parametrize("quarters", [0, 1, 2, 3])
+def test_the_file_names_a_turned_photo_as_if_turned_back(quarters, tiny_dataset, tmp_path):
+    card = export.ModelCard(tiny_dataset.class_names, "toy", {}, tiny_dataset.display_names)
+    preprocessing = export.Preprocessing(40, 32, (0.5,) * 3, (0.25,) * 3, mirror=True)
+    rule = export.OpenSetRule("msp", 1.5, 0.0)
+    model = _classifier()
+    plain = export.export_predictor(model, preprocessing, card, tmp_path / "plain", rule=rule)
+    upright = export.export_predictor(model, preprocessing, card, tmp_path / "upright", rule=rule,
+                                      orientation=orientation.Orientation(_fixed_head(quarters), 0.3))
+    x = torch.randint(0, 256, (2, 3, 50, 70), dtype=torch.uint8)
+    eager = export.UprightServingModel(model.trunk, model.top, model.head, _fixed_head(quarters), preprocessing,
+                                       card.class_names, rule).eval()
+    outputs = predictor.load(upright.onnx_path).run_all(x.numpy())
+    with torch.no_grad():
+        expected = eager(x)
+    for name, value in zip(("probabilities", "known_score", "orientation"), expected):
+        assert np.allclose(outputs[name], value.numpy(), atol=1e-4), name
+    assert upright.metadata["orientation"]["rerun_below"] == 0.3
+    photo = next((tiny_dataset.root / "test").rglob("*.jpg"))
+    array = predictor.to_array(photo)
+    turned_back = np.ascontiguousarray(np.rot90(array, -quarters, axes=(1, 2)))
+    expected = predictor.predict(predictor.load(plain.onnx_path), turned_back.transpose(1, 2, 0), k=3)
+    got = predictor.predict(predictor.load(upright.onnx_path), photo, k=3)
+    assert got.top[0][0] == expected.top[0][0]
+    assert [p for _, p in got.top] == pytest.approx([p for _, p in expected.top], abs=1e-4)
+    assert got.known_score == pytest.approx(expected.known_score, abs=1e-4)
+    scripted = torch.jit.load(str(upright.torchscript_path))
+    assert len(scripted(x)) == 3
