@@ -7,10 +7,20 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
+from common.transfer import Classifier
 from landmark_classifier.src import data, export, model, standin_photos
 
 CLASSES = 3
+
+
+def toy_classifier(classes: int = CLASSES) -> Classifier:
+    """A tiny trunk / top / linear head model with the transfer Classifier's parts (seeded)."""
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU())
+    top = nn.Sequential(nn.Conv2d(4, 6, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return Classifier(trunk, top, nn.Linear(6, classes)).eval()
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from common.serving import load_onnx, read_metadata
-from common.transfer import Activations, Classifier, FinetuneConfig
+from common.transfer import Activations, FinetuneConfig
 from landmark_classifier.src import export, openset, predictor
-from tests.landmark_fixtures import tiny_dataset  # noqa: F401
+from tests.landmark_fixtures import tiny_dataset, toy_classifier  # noqa: F401
 
 
 def test_temperature_scaling_recovers_an_overconfident_models_temperature():
@@ -116,16 +116,9 @@ def test_outlier_exposure_lowers_the_confidence_on_outliers():
 
 # ----------------------------------------------------------------- the rule in the exported file
 
-def _classifier(classes: int = 3) -> Classifier:
-    torch.manual_seed(0)
-    trunk = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU())
-    top = nn.Sequential(nn.Conv2d(4, 6, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    return Classifier(trunk, top, nn.Linear(6, classes)).eval()
-
-
 @pytest.mark.parametrize("method", export.OPEN_SET_METHODS)
 def test_the_exported_rule_equals_eager_and_decides(method, tiny_dataset, tmp_path, capsys):
-    model = _classifier()
+    model = toy_classifier()
     means, precision = (torch.randn(3, 6), torch.eye(6)) if method == "mahalanobis" else (None, None)
     bank = torch.nn.functional.normalize(torch.randn(20, 6), dim=1) if method == "knn" else None
     preprocessing = export.Preprocessing(40, 32, (0.5,) * 3, (0.25,) * 3, mirror=True)
@@ -161,7 +154,7 @@ def test_the_exported_rule_equals_eager_and_decides(method, tiny_dataset, tmp_pa
 
 def test_a_photo_above_the_threshold_is_named(tiny_dataset, tmp_path, capsys):
     card = export.ModelCard(tiny_dataset.class_names, "toy", {}, tiny_dataset.display_names)
-    exported = export.export_predictor(_classifier(), export.Preprocessing(40, 32, (0.5,) * 3, (0.25,) * 3), card,
+    exported = export.export_predictor(toy_classifier(), export.Preprocessing(40, 32, (0.5,) * 3, (0.25,) * 3), card,
                                        tmp_path, rule=export.OpenSetRule("msp", 2.0, 0.0))
     photo = next((tiny_dataset.root / "test").rglob("*.jpg"))
     answer = predictor.predict(predictor.load(exported.onnx_path), photo)

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.transfer import Activations, Classifier
+from common.transfer import Activations
 from landmark_classifier.src import export, orientation, predictor
-from tests.landmark_fixtures import tiny_dataset  # noqa: F401
+from tests.landmark_fixtures import tiny_dataset, toy_classifier  # noqa: F401
 
 
 def _scenes(count: int, seed: int) -> torch.Tensor:
@@ -59,13 +59,6 @@ def test_mixing_and_the_rerun_threshold_chosen_on_validation():
     assert note["validation photos run again"] == 0.5
 
 
-def _classifier() -> Classifier:
-    torch.manual_seed(0)
-    trunk = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU())
-    top = nn.Sequential(nn.Conv2d(4, 6, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    return Classifier(trunk, top, nn.Linear(6, 3)).eval()
-
-
 def _fixed_head(quarters: int) -> orientation.OrientationHead:
     """An orientation head that always says the photo is turned `quarters`."""
     linear = nn.Linear(4 * 4, 4)
@@ -76,13 +69,21 @@ def _fixed_head(quarters: int) -> orientation.OrientationHead:
     return orientation.OrientationHead(linear)
 
 
-@pytest.mark.parametrize("quarters", [0, 1, 2, 3])
-def test_the_file_names_a_turned_photo_as_if_turned_back(quarters, tiny_dataset, tmp_path):
+PREPROCESSING = export.Preprocessing(40, 32, (0.5,) * 3, (0.25,) * 3, mirror=True)
+RULE = export.OpenSetRule("msp", 1.5, 0.0)
+
+
+@pytest.fixture(scope="module")
+def plain_file(tiny_dataset, tmp_path_factory):
+    """The toy model exported without an orientation head (the reference answers)."""
     card = export.ModelCard(tiny_dataset.class_names, "toy", {}, tiny_dataset.display_names)
-    preprocessing = export.Preprocessing(40, 32, (0.5,) * 3, (0.25,) * 3, mirror=True)
-    rule = export.OpenSetRule("msp", 1.5, 0.0)
-    model = _classifier()
-    plain = export.export_predictor(model, preprocessing, card, tmp_path / "plain", rule=rule)
+    return export.export_predictor(toy_classifier(), PREPROCESSING, card, tmp_path_factory.mktemp("plain"), rule=RULE)
+
+
+@pytest.mark.parametrize("quarters", [0, 1, 2, 3])
+def test_the_file_names_a_turned_photo_as_if_turned_back(quarters, tiny_dataset, plain_file, tmp_path):
+    card = export.ModelCard(tiny_dataset.class_names, "toy", {}, tiny_dataset.display_names)
+    preprocessing, rule, model, plain = PREPROCESSING, RULE, toy_classifier(), plain_file
     upright = export.export_predictor(model, preprocessing, card, tmp_path / "upright", rule=rule,
                                       orientation=orientation.Orientation(_fixed_head(quarters), 0.3))
     x = torch.randint(0, 256, (2, 3, 50, 70), dtype=torch.uint8)
