@@ -20,7 +20,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,9 @@ from torch import nn
 
 from common.serving import export_onnx, save_torchscript
 from landmark_classifier.src.resize import resized_size, round_half_even_div  # noqa: F401 - part of this API
+
+if TYPE_CHECKING:  # orientation.py imports common.transfer's training code; the export needs none of it
+    from landmark_classifier.src.orientation import Orientation
 
 INPUT_CONTRACT = "uint8 N x 3 x H x W RGB, any size"
 MAX_FILE_MB = 30
@@ -235,7 +238,7 @@ class ModelCard:
 
 def export_predictor(model: nn.Module, preprocessing: Preprocessing, card: ModelCard, folder: Path, *,
                      extra_checks: list[torch.Tensor] = (), stem: str = "landmark_predictor",
-                     rule: OpenSetRule | None = None, orientation=None) -> Exported:
+                     rule: OpenSetRule | None = None, orientation: Orientation | None = None) -> Exported:
     """Write `folder/stem.onnx` and `folder/stem.pt`, each checked against the eager model.
 
     The ONNX file is verified by `common.serving.export_onnx` on `check_inputs()` plus
