@@ -53,6 +53,9 @@ def test_mixing_and_the_rerun_threshold_chosen_on_validation():
     labels = np.array([0, 1])
     turns = np.array([[0.9, 0.05, 0.0, 0.05], [0.25, 0.7, 0.0, 0.05]])
     assert orientation.mix(turns, answers) == pytest.approx(np.array([[1.0, 0.0], [0.25, 0.75]]))
+    # the predictor's two-way weights: upright and the most likely other turn, renormalised
+    assert predictor.two_way(turns) == pytest.approx(np.array([[0.9 / 0.95, 0.05 / 0.95, 0, 0],
+                                                                 [0.25 / 0.95, 0.7 / 0.95, 0, 0]]))
     below, note = orientation.choose_rerun_below(turns, answers, labels, candidates=(0.1, 0.2, 0.3, 0.5))
     assert below == 0.3  # the smallest threshold that runs photo 1 again
     assert note["validation accuracy without"] == 0.5 and note["validation accuracy with"] == 1.0
@@ -103,5 +106,20 @@ def test_the_file_names_a_turned_photo_as_if_turned_back(quarters, tiny_dataset,
     assert got.top[0][0] == expected.top[0][0]
     assert [p for _, p in got.top] == pytest.approx([p for _, p in expected.top], abs=1e-4)
     assert got.known_score == pytest.approx(expected.known_score, abs=1e-4)
+    if quarters:  # a doubtful turn: the answer as stored and turned back, mixed by p(upright) and p(q)
+        linear = _fixed_head(quarters).linear
+        with torch.no_grad():
+            linear.bias.copy_(torch.log(torch.tensor([0.15, 0.1, 0.1, 0.1])))
+            linear.bias[quarters] = float(np.log(0.55))
+        doubtful = export.export_predictor(model, preprocessing, card, tmp_path / "doubtful", rule=rule,
+                                           orientation=orientation.Orientation(orientation.OrientationHead(linear), 0.3))
+        stored = predictor.predict(predictor.load(plain.onnx_path), photo, k=3)
+        got = predictor.predict(predictor.load(doubtful.onnx_path), photo, k=3)
+        weights = np.array([0.15, 0.55]) / 0.7
+        expected_p = {c: weights[0] * p for c, p in stored.top}
+        for c, p in expected.top:
+            expected_p[c] = expected_p.get(c, 0.0) + weights[1] * p
+        assert dict(got.top) == pytest.approx({c: expected_p[c] for c, _ in got.top}, abs=1e-4)
+        assert got.known_score == pytest.approx(weights @ [stored.known_score, expected.known_score], abs=1e-4)
     scripted = torch.jit.load(str(upright.torchscript_path))
     assert len(scripted(x)) == 3

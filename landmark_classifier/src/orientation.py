@@ -13,12 +13,15 @@ a 270-degree one).
 
 The served file outputs the four probabilities (`orientation`, N x 4: the photo as stored is the
 upright photo turned by q quarters counter-clockwise, `np.rot90(upright, q)`). Where the upright
-probability is below the file's `rerun_below`, the predictor also names the photo turned back each
-way and mixes the answers by those probabilities:
+probability is below the file's `rerun_below`, the predictor also names the photo turned back by its
+most likely turn q (one more run, not three) and mixes the two answers by their probabilities:
 
-    p(landmark) = sum over q of p(turned q) * p(landmark | the photo turned back by q)
+    p(landmark) = [p(upright) p(landmark | as stored) + p(q) p(landmark | turned back by q)] / (p(upright) + p(q))
 
-(the known score likewise). `rerun_below` is chosen on validation: the value with the best
+(the known score likewise). On validation this two-way mixture names as many photos right as the
+mixture over all four turns (98.19% of the photos; thumbnails 94.88% vs 94.58%) at a third of the
+extra runs, which matters because photos of no landmark have no "up" and are run again far more
+often than landmark photos. `rerun_below` is chosen on validation: the value with the best
 validation accuracy, ties to the smaller (fewer photos run again).
 """
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 from torch import nn
 
 from common.transfer import Activations, fit_logistic_head, mirror_mean
+from landmark_classifier.src.predictor import two_way  # the served rule's weights, in one place
 
 QUARTERS = (0, 1, 2, 3)  # counter-clockwise quarter turns: torch.rot90 / np.rot90 with k=q over (H, W)
 RERUN_BELOW = (0.1, 0.2, 0.3, 0.5)  # the candidates for the file's rerun threshold (validation picks)
@@ -77,7 +81,8 @@ class Orientation:
         return {"output": "orientation: N x 4, p(the photo is the upright photo turned q quarters "
                           "counter-clockwise), q = 0, 1, 2, 3",
                 "rerun_below": self.rerun_below,
-                "rule": "where p(q = 0) < rerun_below: p = sum_q p(q) * the answer for the photo turned back q quarters",
+                "rule": "where p(q = 0) < rerun_below, with q* the most likely q > 0: p = (p(0) * the answer as stored + "
+                        "p(q*) * the answer for the photo turned back q* quarters) / (p(0) + p(q*))",
                 **self.note}
 
 
@@ -98,10 +103,9 @@ def fit_head(turned_train: dict[int, Activations], turned_valid: dict[int, Activ
                   "validation accuracy by turn": by_turn}
 
 
-def mix(turn_probabilities: np.ndarray, answers: np.ndarray) -> np.ndarray:
-    """sum over q of p(q) * answers[:, q]: `answers` N x 4 (x ...), the answer for each photo turned back q."""
-    weights = turn_probabilities.reshape(turn_probabilities.shape + (1,) * (answers.ndim - 2))
-    return (weights * answers).sum(1)
+def mix(weights: np.ndarray, answers: np.ndarray) -> np.ndarray:
+    """sum over q of weights[:, q] * answers[:, q]: `answers` N x 4 (x ...), the answer for each photo turned back q."""
+    return (weights.reshape(weights.shape + (1,) * (answers.ndim - 2)) * answers).sum(1)
 
 
 def answers_turned_back(top: nn.Module, head: nn.Linear, temperature: float,
@@ -127,10 +131,10 @@ def choose_rerun_below(turn_probabilities: np.ndarray, answers: np.ndarray, labe
 
 def accuracy(turn_probabilities: np.ndarray, answers: np.ndarray, labels: np.ndarray,
              rerun_below: float) -> tuple[float, float]:
-    """(accuracy, share of photos run again) of the served rule: the mixed answer where p(upright)
-    is below `rerun_below`, the answer for the photo as stored elsewhere."""
+    """(accuracy, share of photos run again) of the served rule: the two-way mixed answer where
+    p(upright) is below `rerun_below`, the answer for the photo as stored elsewhere."""
     rerun = turn_probabilities[:, 0] < rerun_below
-    named = np.where(rerun, mix(turn_probabilities, answers).argmax(1), answers[:, 0].argmax(1))
+    named = np.where(rerun, mix(two_way(turn_probabilities), answers).argmax(1), answers[:, 0].argmax(1))
     return float((named == labels).mean()), float(rerun.mean())
 
 

@@ -68,25 +68,35 @@ def to_array(image: Any, name: str | None = None) -> np.ndarray:
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
+def two_way(turns: np.ndarray) -> np.ndarray:
+    """N x 4 turn probabilities -> the weights the answers are mixed with: upright and the most
+    likely other turn, renormalised (two nonzero per row; `orientation.py` chose the rule)."""
+    rows = np.arange(len(turns))
+    likely = 1 + turns[:, 1:].argmax(1)
+    weights = np.zeros_like(turns)
+    weights[:, 0], weights[rows, likely] = turns[:, 0], turns[rows, likely]
+    return weights / weights.sum(1, keepdims=True)
+
+
 def run(model: OnnxModel, batch: np.ndarray) -> dict[str, np.ndarray]:
     """The file's outputs for a uint8 N x 3 x H x W batch, by output name.
 
     A file that also says which way up each photo is (an `orientation` output and rule, see
     `orientation.py`) names a photo whose upright probability is below the rule's `rerun_below`
-    turned back each way too, and mixes the answers by the turn's probabilities."""
+    also turned back by its most likely turn q, and mixes the two answers by p(upright) and p(q)."""
     outputs = model.run_all(batch)
     rule = model.metadata.get("orientation")
     if rule is None or "orientation" not in outputs:
         return outputs
     turns = outputs.pop("orientation")
     mixed = {name: np.array(values, copy=True) for name, values in outputs.items()}
-    for row in np.flatnonzero(turns[:, 0] < float(rule["rerun_below"])):
-        photo = batch[row]
-        sideways = model.run_all(np.stack([np.rot90(photo, -1, axes=(1, 2)), np.rot90(photo, -3, axes=(1, 2))]))
-        upside_down = model.run_all(np.ascontiguousarray(np.rot90(photo, 2, axes=(1, 2)))[None])
-        for name in mixed:  # p(turned q) * the answer for the photo turned back q, summed
-            mixed[name][row] = (turns[row, 0] * outputs[name][row] + turns[row, 1] * sideways[name][0]
-                                + turns[row, 2] * upside_down[name][0] + turns[row, 3] * sideways[name][1])
+    rerun = np.flatnonzero(turns[:, 0] < float(rule["rerun_below"]))
+    weights = two_way(turns[rerun])
+    for row, weight in zip(rerun, weights):
+        quarters = int(weight[1:].argmax()) + 1
+        back = model.run_all(np.ascontiguousarray(np.rot90(batch[row], -quarters, axes=(1, 2)))[None])
+        for name in mixed:
+            mixed[name][row] = weight[0] * outputs[name][row] + weight[quarters] * back[name][0]
     return mixed
 
 
