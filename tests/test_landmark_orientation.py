@@ -103,7 +103,7 @@ def test_the_file_names_a_turned_photo_as_if_turned_back(quarters, tiny_dataset,
     turned_back = np.ascontiguousarray(np.rot90(array, -quarters, axes=(1, 2)))
     expected = predictor.predict(predictor.load(plain.onnx_path), turned_back.transpose(1, 2, 0), k=3)
     got = predictor.predict(predictor.load(upright.onnx_path), photo, k=3)
-    assert got.top[0][0] == expected.top[0][0]
+    assert got.top[0][0] == expected.top[0][0] and got.turned_back == quarters
     assert [p for _, p in got.top] == pytest.approx([p for _, p in expected.top], abs=1e-4)
     assert got.known_score == pytest.approx(expected.known_score, abs=1e-4)
     if quarters:  # a doubtful turn: the answer as stored and turned back, mixed by p(upright) and p(q)

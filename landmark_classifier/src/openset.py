@@ -446,6 +446,7 @@ class ServedOpenSet:
     thumbnail_accepted: np.ndarray
     turned_away: dict[str, float]  # non-landmark set -> share answered "no known landmark"
     examples: dict[str, list[dict]]
+    run_again: dict[str, float] = field(default_factory=dict)  # kind of photo -> share also named turned back
 
 
 def evaluate_file(served, test_paths: list[Path], others: NonLandmarks, config: OpenSetConfig) -> ServedOpenSet:
@@ -465,15 +466,21 @@ def evaluate_file(served, test_paths: list[Path], others: NonLandmarks, config: 
                 probabilities[row, order[label]] = p
         return probabilities, np.array([a.landmark is not None for a in found])
 
-    photos = table(answers([(p, p) for p in test_paths], "test photos"))
-    thumbs = table(answers([(p, downscaled(p, config.thumbnail_size)) for p in test_paths], "test thumbnails"))
+    def again(found) -> float:  # the share the file's orientation rule named turned back too (one more run each)
+        return round(float(np.mean([a.turned_back > 0 for a in found])), 4)
+
+    found = answers([(p, p) for p in test_paths], "test photos")
+    thumbs_found = answers([(p, downscaled(p, config.thumbnail_size)) for p in test_paths], "test thumbnails")
+    run_again = {"known test photos": again(found),  # keyed as `report`'s rows
+                 f"known test photos as {config.thumbnail_size}-px thumbnails": again(thumbs_found)}
     turned, examples = {}, {}
     for name, images in others.sets.items():
-        found = answers(list(enumerate(images)), name)
-        turned[name] = round(float(np.mean([a.landmark is None for a in found])), 4)
+        found_other = answers(list(enumerate(images)), name)
+        turned[name] = round(float(np.mean([a.landmark is None for a in found_other])), 4)
+        run_again[f"no landmark: {name}"] = again(found_other)
         examples[name] = [{"answer": a.landmark or "no known landmark", "top": a.top[0][0],
-                           "confidence": round(a.confidence, 3)} for a in found[:5]]
-    return ServedOpenSet(*photos, *thumbs, turned, examples)
+                           "confidence": round(a.confidence, 3)} for a in found_other[:5]]
+    return ServedOpenSet(*table(found), *table(thumbs_found), turned, examples, run_again)
 
 
 @dataclass
@@ -509,6 +516,9 @@ def report(served: ServedOpenSet, labels: np.ndarray, rule, config: OpenSetConfi
                      "accuracy on the named": _share(correct[accepted])})
     for name, share in served.turned_away.items():
         rows.append({"photos": f"no landmark: {name}", "answered no known landmark": share})
+    if any(served.run_again.values()):  # a file with an orientation rule: what it costs on each kind
+        for row in rows:
+            row["run again (sideways check)"] = served.run_again.get(row["photos"], float("nan"))
     known, thumbs = rows[0], rows[1]
     summary = {"open set: method": rule.note.get("chosen", rule.method), "open set: threshold": round(rule.threshold, 6),
                "open set: temperature": round(rule.temperature, 4),
@@ -517,7 +527,9 @@ def report(served: ServedOpenSet, labels: np.ndarray, rule, config: OpenSetConfi
                f"{config.thumbnail_size}-px test thumbnails named correctly": thumbs["named correctly"],
                "calibration error (ECE) before temperature": raw["ece"],
                "calibration error (ECE) after temperature": calibrated["ece"],
-               **{f"no-landmark photos answered so: {name}": share for name, share in served.turned_away.items()}}
+               **{f"no-landmark photos answered so: {name}": share for name, share in served.turned_away.items()},
+               **({f"run again by the sideways check: {name}": share for name, share in served.run_again.items()}
+                  if any(served.run_again.values()) else {})}
     markdown = (f"**Open set ({summary['open set: method']}, threshold {rule.threshold:.4g}):** "
                 f"{known['named correctly']:.1%} of the known test photos named correctly, "
                 f"{known['answered no known landmark']:.1%} answered \"no known landmark\" (the threshold's cost); "

@@ -79,25 +79,26 @@ def two_way(turns: np.ndarray) -> np.ndarray:
 
 
 def run(model: OnnxModel, batch: np.ndarray) -> dict[str, np.ndarray]:
-    """The file's outputs for a uint8 N x 3 x H x W batch, by output name.
+    """The file's outputs for a uint8 N x 3 x H x W batch, by output name (the probabilities first).
 
     A file that also says which way up each photo is (an `orientation` output and rule, see
     `orientation.py`) names a photo whose upright probability is below the rule's `rerun_below`
-    also turned back by its most likely turn q, and mixes the two answers by p(upright) and p(q)."""
+    also turned back by its most likely turn q, and mixes the two answers by p(upright) and p(q);
+    `turned_back` (N) then says by how many quarter turns (0: named as stored only)."""
     outputs = model.run_all(batch)
     rule = model.metadata.get("orientation")
     if rule is None or "orientation" not in outputs:
         return outputs
     turns = outputs.pop("orientation")
     mixed = {name: np.array(values, copy=True) for name, values in outputs.items()}
+    turned_back = np.zeros(len(batch), dtype=np.int64)
     rerun = np.flatnonzero(turns[:, 0] < float(rule["rerun_below"]))
-    weights = two_way(turns[rerun])
-    for row, weight in zip(rerun, weights):
-        quarters = int(weight[1:].argmax()) + 1
+    for row, weight in zip(rerun, two_way(turns[rerun])):
+        turned_back[row] = quarters = int(weight[1:].argmax()) + 1
         back = model.run_all(np.ascontiguousarray(np.rot90(batch[row], -quarters, axes=(1, 2)))[None])
         for name in mixed:
             mixed[name][row] = weight[0] * outputs[name][row] + weight[quarters] * back[name][0]
-    return mixed
+    return {**mixed, "turned_back": turned_back}
 
 
 def probabilities(model: OnnxModel, image: Any, name: str | None = None) -> np.ndarray:
@@ -119,12 +120,14 @@ class Prediction:
     """One photo's answer: a known landmark (its class name), or None for "no known landmark".
 
     `confidence` is the calibrated probability of the best guess among the known landmarks;
-    `known_score` is the open-set score the file's threshold was applied to."""
+    `known_score` is the open-set score the file's threshold was applied to; `turned_back`: the
+    quarter turns the photo was also named turned back by (0: named as stored only; see `run`)."""
     landmark: str | None
     confidence: float
     top: list[tuple[str, float]]  # (class name, probability), most likely first
     known_score: float
     threshold: float
+    turned_back: int = 0
 
     def as_json(self, file: str, shown: dict[str, str]) -> dict[str, Any]:
         """The CLI's --json line; `shown` maps class names to the names people read."""
@@ -150,13 +153,14 @@ def predictions(model: OnnxModel, outputs: dict[str, np.ndarray], k: int = 5) ->
     rule applied to its known score (an older file without one: the top probability, accepted)."""
     scores = next(iter(outputs.values()))  # the first output: the probabilities
     known = outputs.get("known_score", scores.max(axis=1))
+    turned_back = outputs.get("turned_back", np.zeros(len(scores), dtype=np.int64))
     threshold = float(open_set_rule(model)["threshold"])
     answers = []
-    for row, known_score in zip(scores, known):
+    for row, known_score, quarters in zip(scores, known, turned_back):
         order = np.argsort(-row, kind="stable")[:k]
         top = [(model.class_names[i], float(row[i])) for i in order]
         landmark = top[0][0] if float(known_score) >= threshold else None
-        answers.append(Prediction(landmark, top[0][1], top, float(known_score), threshold))
+        answers.append(Prediction(landmark, top[0][1], top, float(known_score), threshold, int(quarters)))
     return answers
 
 
