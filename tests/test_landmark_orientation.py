@@ -106,7 +106,7 @@ def test_the_file_names_a_turned_photo_as_if_turned_back(quarters, tiny_dataset,
     assert got.top[0][0] == expected.top[0][0] and got.turned_back == quarters
     assert [p for _, p in got.top] == pytest.approx([p for _, p in expected.top], abs=1e-4)
     assert got.known_score == pytest.approx(expected.known_score, abs=1e-4)
-    if quarters:  # a doubtful turn: the answer as stored and turned back, mixed by p(upright) and p(q)
+    if quarters == 1:  # a doubtful turn: the answer as stored and turned back, mixed by p(upright) and p(q)
         linear = _fixed_head(quarters).linear
         with torch.no_grad():
             linear.bias.copy_(torch.log(torch.tensor([0.15, 0.1, 0.1, 0.1])))
