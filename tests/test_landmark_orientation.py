@@ -76,50 +76,69 @@ PREPROCESSING = export.Preprocessing(40, 32, (0.5,) * 3, (0.25,) * 3, mirror=Tru
 RULE = export.OpenSetRule("msp", 1.5, 0.0)
 
 
-@pytest.fixture(scope="module")
-def plain_file(tiny_dataset, tmp_path_factory):
-    """The toy model exported without an orientation head (the reference answers)."""
+class Eager:
+    """A torch serving model behind the ONNX session's interface (`run_all`, `metadata`, `class_names`):
+    the predictor's rerun logic checked without exporting a file per case."""
+
+    def __init__(self, module, class_names: list[str], rerun_below: float | None = None) -> None:
+        self.module, self.class_names = module.eval(), class_names
+        self.metadata = {"open_set": RULE.metadata(),
+                         **({"orientation": {"rerun_below": rerun_below}} if rerun_below is not None else {})}
+
+    def run_all(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            outputs = self.module(torch.from_numpy(np.ascontiguousarray(batch)))
+        return {name: value.numpy() for name, value in zip(("probabilities", "known_score", "orientation"), outputs)}
+
+
+def _upright(head: orientation.OrientationHead, class_names: list[str], rerun_below: float = 0.3) -> Eager:
+    model = toy_classifier()
+    return Eager(export.UprightServingModel(model.trunk, model.top, model.head, head, PREPROCESSING, class_names, RULE),
+                 class_names, rerun_below)
+
+
+def test_the_upright_file_equals_eager(tiny_dataset, tmp_path):
     card = export.ModelCard(tiny_dataset.class_names, "toy", {}, tiny_dataset.display_names)
-    return export.export_predictor(toy_classifier(), PREPROCESSING, card, tmp_path_factory.mktemp("plain"), rule=RULE)
+    upright = export.export_predictor(toy_classifier(), PREPROCESSING, card, tmp_path, rule=RULE,
+                                      orientation=orientation.Orientation(_fixed_head(1), 0.3))
+    x = torch.randint(0, 256, (2, 3, 50, 70), dtype=torch.uint8)
+    outputs = predictor.load(upright.onnx_path).run_all(x.numpy())
+    expected = _upright(_fixed_head(1), card.class_names).run_all(x.numpy())
+    for name, value in expected.items():
+        assert np.allclose(outputs[name], value, atol=1e-4), name
+    assert upright.metadata["orientation"]["rerun_below"] == 0.3
+    assert len(torch.jit.load(str(upright.torchscript_path))(x)) == 3
+    photo = next((tiny_dataset.root / "test").rglob("*.jpg"))  # the file's answer: the photo turned back once
+    assert predictor.predict(predictor.load(upright.onnx_path), photo, k=3).turned_back == 1
 
 
 @pytest.mark.parametrize("quarters", [0, 1, 2, 3])
-def test_the_file_names_a_turned_photo_as_if_turned_back(quarters, tiny_dataset, plain_file, tmp_path):
-    card = export.ModelCard(tiny_dataset.class_names, "toy", {}, tiny_dataset.display_names)
-    preprocessing, rule, model, plain = PREPROCESSING, RULE, toy_classifier(), plain_file
-    upright = export.export_predictor(model, preprocessing, card, tmp_path / "upright", rule=rule,
-                                      orientation=orientation.Orientation(_fixed_head(quarters), 0.3))
-    x = torch.randint(0, 256, (2, 3, 50, 70), dtype=torch.uint8)
-    eager = export.UprightServingModel(model.trunk, model.top, model.head, _fixed_head(quarters), preprocessing,
-                                       card.class_names, rule).eval()
-    outputs = predictor.load(upright.onnx_path).run_all(x.numpy())
-    with torch.no_grad():
-        expected = eager(x)
-    for name, value in zip(("probabilities", "known_score", "orientation"), expected):
-        assert np.allclose(outputs[name], value.numpy(), atol=1e-4), name
-    assert upright.metadata["orientation"]["rerun_below"] == 0.3
+def test_a_turned_photo_is_named_as_if_turned_back(quarters, tiny_dataset):
+    names = tiny_dataset.class_names
+    model = toy_classifier()
+    plain = Eager(export.ServingModel(model, PREPROCESSING, names, RULE), names)
     photo = next((tiny_dataset.root / "test").rglob("*.jpg"))
-    array = predictor.to_array(photo)
-    turned_back = np.ascontiguousarray(np.rot90(array, -quarters, axes=(1, 2)))
-    expected = predictor.predict(predictor.load(plain.onnx_path), turned_back.transpose(1, 2, 0), k=3)
-    got = predictor.predict(predictor.load(upright.onnx_path), photo, k=3)
+    turned_back = np.ascontiguousarray(np.rot90(predictor.to_array(photo), -quarters, axes=(1, 2)))
+    expected = predictor.predict(plain, turned_back.transpose(1, 2, 0), k=3)
+    got = predictor.predict(_upright(_fixed_head(quarters), names), photo, k=3)
     assert got.top[0][0] == expected.top[0][0] and got.turned_back == quarters
-    assert [p for _, p in got.top] == pytest.approx([p for _, p in expected.top], abs=1e-4)
-    assert got.known_score == pytest.approx(expected.known_score, abs=1e-4)
-    if quarters == 1:  # a doubtful turn: the answer as stored and turned back, mixed by p(upright) and p(q)
-        linear = _fixed_head(quarters).linear
-        with torch.no_grad():
-            linear.bias.copy_(torch.log(torch.tensor([0.15, 0.1, 0.1, 0.1])))
-            linear.bias[quarters] = float(np.log(0.55))
-        doubtful = export.export_predictor(model, preprocessing, card, tmp_path / "doubtful", rule=rule,
-                                           orientation=orientation.Orientation(orientation.OrientationHead(linear), 0.3))
-        stored = predictor.predict(predictor.load(plain.onnx_path), photo, k=3)
-        got = predictor.predict(predictor.load(doubtful.onnx_path), photo, k=3)
-        weights = np.array([0.15, 0.55]) / 0.7
-        expected_p = {c: weights[0] * p for c, p in stored.top}
-        for c, p in expected.top:
-            expected_p[c] = expected_p.get(c, 0.0) + weights[1] * p
-        assert dict(got.top) == pytest.approx({c: expected_p[c] for c, _ in got.top}, abs=1e-4)
-        assert got.known_score == pytest.approx(weights @ [stored.known_score, expected.known_score], abs=1e-4)
-    scripted = torch.jit.load(str(upright.torchscript_path))
-    assert len(scripted(x)) == 3
+    assert [p for _, p in got.top] == pytest.approx([p for _, p in expected.top], abs=1e-5)
+    assert got.known_score == pytest.approx(expected.known_score, abs=1e-5)
+
+
+def test_a_doubtful_turn_mixes_the_answers_as_stored_and_turned_back(tiny_dataset):
+    names = tiny_dataset.class_names
+    plain = Eager(export.ServingModel(toy_classifier(), PREPROCESSING, names, RULE), names)
+    photo = next((tiny_dataset.root / "test").rglob("*.jpg"))
+    linear = _fixed_head(1).linear
+    with torch.no_grad():  # p(upright) 0.15, p(a quarter turn) 0.55: below 0.3, so run again turned back once
+        linear.bias.copy_(torch.log(torch.tensor([0.15, 0.55, 0.15, 0.15])))
+    got = predictor.predict(_upright(orientation.OrientationHead(linear), names), photo, k=3)
+    stored = predictor.predict(plain, photo, k=3)
+    back = predictor.predict(plain, np.rot90(predictor.to_array(photo), -1, axes=(1, 2)).transpose(1, 2, 0), k=3)
+    weights = np.array([0.15, 0.55]) / 0.7
+    expected = {c: weights[0] * p for c, p in stored.top}
+    for c, p in back.top:
+        expected[c] = expected.get(c, 0.0) + weights[1] * p
+    assert dict(got.top) == pytest.approx(expected, abs=1e-5) and got.turned_back == 1
+    assert got.known_score == pytest.approx(weights @ [stored.known_score, back.known_score], abs=1e-5)
