@@ -97,21 +97,6 @@ def _upright(head: orientation.OrientationHead, class_names: list[str], rerun_be
                  class_names, rerun_below)
 
 
-def test_the_upright_file_equals_eager(tiny_dataset, tmp_path):
-    card = export.ModelCard(tiny_dataset.class_names, "toy", {}, tiny_dataset.display_names)
-    upright = export.export_predictor(toy_classifier(), PREPROCESSING, card, tmp_path, rule=RULE,
-                                      orientation=orientation.Orientation(_fixed_head(1), 0.3))
-    x = torch.randint(0, 256, (2, 3, 50, 70), dtype=torch.uint8)
-    outputs = predictor.load(upright.onnx_path).run_all(x.numpy())
-    expected = _upright(_fixed_head(1), card.class_names).run_all(x.numpy())
-    for name, value in expected.items():
-        assert np.allclose(outputs[name], value, atol=1e-4), name
-    assert upright.metadata["orientation"]["rerun_below"] == 0.3
-    assert len(torch.jit.load(str(upright.torchscript_path))(x)) == 3
-    photo = next((tiny_dataset.root / "test").rglob("*.jpg"))  # the file's answer: the photo turned back once
-    assert predictor.predict(predictor.load(upright.onnx_path), photo, k=3).turned_back == 1
-
-
 @pytest.mark.parametrize("quarters", [0, 1, 2, 3])
 def test_a_turned_photo_is_named_as_if_turned_back(quarters, tiny_dataset):
     names = tiny_dataset.class_names

@@ -33,7 +33,9 @@ if TYPE_CHECKING:  # orientation.py imports common.transfer's training code; the
     from landmark_classifier.src.orientation import Orientation
 
 INPUT_CONTRACT = "uint8 N x 3 x H x W RGB, any size"
-MAX_FILE_MB = 30
+# GitHub warns above 50 MB a file. Lite2 + its kNN bank is ~25 MB; MobileNetV2's features for
+# naming (`fusion.py`) add ~14 MB.
+MAX_FILE_MB = 45
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,9 @@ class OpenSetRule:
     bank: torch.Tensor | None = None       # knn: the training photos' L2-normalised features (stored float16)
     k: int = 10                            # knn: the neighbour whose distance is the score
     note: dict[str, Any] = field(default_factory=dict)  # what the choice was measured on (the file's metadata)
+    # knn / mahalanobis read the first `feature_dims` features (None: all): with a second backbone's
+    # features appended for naming (`fusion.py`), the open-set score stays the one the protocol measured.
+    feature_dims: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in OPEN_SET_METHODS:
@@ -79,6 +84,8 @@ class OpenSetRule:
 
     def metadata(self) -> dict[str, Any]:
         extra = {"k": self.k, "bank": len(self.bank)} if self.method == "knn" else {}
+        if self.feature_dims is not None:
+            extra["feature_dims"] = self.feature_dims
         return {"method": self.method, "temperature": round(self.temperature, 6), "threshold": float(self.threshold),
                 "known_if": "known_score >= threshold", **extra, **self.note}
 
@@ -89,6 +96,7 @@ class KnownScore(nn.Module):
     def __init__(self, rule: OpenSetRule) -> None:
         super().__init__()
         self.method, self.temperature, self.k = rule.method, float(rule.temperature), int(rule.k)
+        self.dims = int(rule.feature_dims or 0)  # 0: every feature
         means = rule.means if rule.means is not None else torch.zeros(0, 0)
         precision = rule.precision if rule.precision is not None else torch.zeros(0, 0)
         bank = rule.bank if rule.bank is not None else torch.zeros(0, 0)
@@ -98,6 +106,8 @@ class KnownScore(nn.Module):
         self.register_buffer("bank", torch.as_tensor(bank, dtype=torch.float16))
 
     def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if self.dims:
+            features = features[:, :self.dims]
         if self.method == "knn":  # minus the Euclidean distance of unit vectors to the k-th nearest: sqrt(2 - 2 cos)
             unit = features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
             cosine = (unit @ self.bank.float().t()).topk(self.k, dim=1).values[:, -1]
@@ -178,18 +188,23 @@ class ServingModel(nn.Module):
 class UprightServingModel(ServingModel):
     """`ServingModel` with a third output, `orientation` (N x 4: p(the photo is the upright photo
     turned q quarters counter-clockwise), see `orientation.py`), read from the trunk's map of the
-    photo as it is (not its mirror). Needs the model in two parts: `trunk` -> maps, `top` -> features."""
+    photo as it is (not its mirror). Needs the model in two parts: `trunk` -> maps, `top` -> features;
+    with `second` (`fusion.SecondOpinion`), its features of the same input are appended."""
 
     def __init__(self, trunk: nn.Module, top: nn.Module, head: nn.Module, orientation: nn.Module,
-                 preprocessing: Preprocessing, class_names: list[str], rule: OpenSetRule | None = None) -> None:
+                 preprocessing: Preprocessing, class_names: list[str], rule: OpenSetRule | None = None,
+                 second: nn.Module | None = None) -> None:
         super().__init__(nn.Identity(), preprocessing, class_names, rule, head=head)
-        self.trunk, self.top, self.orientation = trunk, top, orientation
+        self.trunk, self.top, self.orientation, self.second = trunk, top, orientation, second
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
         x = self.preprocess(x)
         count = x.shape[0]
-        maps = self.trunk(torch.cat([x, x.flip(3)]) if self.mirror else x)
+        both = torch.cat([x, x.flip(3)]) if self.mirror else x
+        maps = self.trunk(both)
         features = self.top(maps)
+        if self.second is not None:
+            features = torch.cat([features, self.second(both)], 1)
         if self.mirror:
             features = (features[:count] + features[count:]) / 2
         logits = self.head(features)
@@ -253,7 +268,7 @@ def export_predictor(model: nn.Module, preprocessing: Preprocessing, card: Model
         serving = ServingModel(model, preprocessing, class_names, rule).eval()
     else:
         serving = UprightServingModel(model.trunk, model.top, model.head, orientation.head.cpu().eval(),
-                                      preprocessing, class_names, rule).eval()
+                                      preprocessing, class_names, rule, getattr(model, "second", None)).eval()
     metadata = {
         "class_names": list(class_names),
         "display_names": list(card.display_names or class_names),
@@ -285,8 +300,11 @@ def export_predictor(model: nn.Module, preprocessing: Preprocessing, card: Model
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             top = torch.jit.trace(serving.top, maps, check_trace=False)
+        second = None
+        if serving.second is not None:
+            second, _ = _scriptable(serving.second, preprocessing.crop_size)
         scripted = UprightServingModel(trunk, top, serving.head, serving.orientation, preprocessing, class_names,
-                                       rule).eval()
+                                       rule, second).eval()
     torchscript_path, _ = save_torchscript(scripted, folder / f"{stem}.pt", example)
     sizes = {p: p.stat().st_size / 2**20 for p in (onnx_path, torchscript_path)}
     for path, size in sizes.items():

@@ -27,12 +27,13 @@ validation accuracy, ties to the smaller (fewer photos run again).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from common.transfer import Activations, fit_logistic_head, mirror_mean
+from common.transfer import Activations, fit_logistic_head
 from landmark_classifier.src.predictor import two_way  # the served rule's weights, in one place
 
 QUARTERS = (0, 1, 2, 3)  # counter-clockwise quarter turns: torch.rot90 / np.rot90 with k=q over (H, W)
@@ -108,13 +109,10 @@ def mix(weights: np.ndarray, answers: np.ndarray) -> np.ndarray:
     return (weights.reshape(weights.shape + (1,) * (answers.ndim - 2)) * answers).sum(1)
 
 
-def answers_turned_back(top: nn.Module, head: nn.Linear, temperature: float,
-                        turned_back: dict[int, Activations]) -> np.ndarray:
-    """N x 4 x classes: the calibrated probabilities of each photo turned back q quarters (as served:
-    the mean over the photo and its mirror). `turned_back[q]`: activations of the photos turned -q."""
-    with torch.no_grad():
-        return np.stack([torch.softmax(head(mirror_mean(top, turned_back[q])) / temperature, 1).numpy()
-                         for q in QUARTERS], 1)
+def answers_turned_back(probabilities: Callable[[torch.Tensor], np.ndarray], images: torch.Tensor) -> np.ndarray:
+    """N x 4 x classes: `probabilities` (the served answer for uint8 photos) of each photo turned
+    back q quarters, q = 0..3 (turned back q = turned 4 - q more)."""
+    return np.stack([probabilities(turned(images, (4 - q) % 4)) for q in QUARTERS], 1)
 
 
 def choose_rerun_below(turn_probabilities: np.ndarray, answers: np.ndarray, labels: np.ndarray,
@@ -138,11 +136,12 @@ def accuracy(turn_probabilities: np.ndarray, answers: np.ndarray, labels: np.nda
     return float((named == labels).mean()), float(rerun.mean())
 
 
-def fit(cache, train: torch.Tensor, valid: torch.Tensor, valid_labels: torch.Tensor, model, *,
-        thumbnail_size: int | None = None, candidates: tuple[float, ...] = RERUN_BELOW) -> Orientation:
+def fit(cache, train: torch.Tensor, valid: torch.Tensor, valid_labels: torch.Tensor,
+        probabilities: Callable[[torch.Tensor], np.ndarray], *, thumbnail_size: int | None = None,
+        candidates: tuple[float, ...] = RERUN_BELOW) -> Orientation:
     """The orientation head on the training photos turned each way, and its rerun threshold chosen on
-    the validation photos (and, with `thumbnail_size`, their thumbnails) named by `model` (an
-    `openset.Fitted`: its top, head and temperature, as the file serves them).
+    the validation photos (and, with `thumbnail_size`, their thumbnails) named by `probabilities`
+    (uint8 photos -> the calibrated probabilities the file serves: `fusion.Fused.probabilities`).
 
     `cache`: the backbone's `ActivationCache`; `train`, `valid`: uint8 photos at its resize size."""
     from landmark_classifier.src.openset import thumbnails
@@ -150,15 +149,13 @@ def fit(cache, train: torch.Tensor, valid: torch.Tensor, valid_labels: torch.Ten
     def each_way(images: torch.Tensor, desc: str) -> dict[int, Activations]:
         return {q: cache(turned(images, q), desc=f"{desc} turned {90 * q}") for q in QUARTERS}
 
-    head, note = fit_head(each_way(train, "train"), valid_turned := each_way(valid, "valid"))
-    sets = [(valid_turned, valid_labels)]
-    if thumbnail_size:
-        sets.append((each_way(thumbnails(valid, thumbnail_size), "valid thumbnails"), valid_labels))
+    head, note = fit_head(each_way(train, "train"), each_way(valid, "valid"))
+    sets = [valid] + ([thumbnails(valid, thumbnail_size)] if thumbnail_size else [])
     with torch.no_grad():
-        p_turn = np.concatenate([torch.softmax(head(ways[0].plain), 1).numpy() for ways, _ in sets])
-    answers = np.concatenate([answers_turned_back(model.top, model.head, model.temperature,
-                                                  {q: ways[(4 - q) % 4] for q in QUARTERS}) for ways, _ in sets])
-    labels = torch.cat([y for _, y in sets]).numpy()
+        p_turn = np.concatenate([torch.softmax(head(cache(images, desc="as stored").plain), 1).numpy()
+                                 for images in sets])
+    answers = np.concatenate([answers_turned_back(probabilities, images) for images in sets])
+    labels = torch.cat([valid_labels] * len(sets)).numpy()
     rerun_below, choice = choose_rerun_below(p_turn, answers, labels, candidates)
     photos = slice(0, len(valid_labels))  # the photos alone (not their thumbnails), as the report's accuracy
     choice["validation photos (no thumbnails): accuracy without"] = round(

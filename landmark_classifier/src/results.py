@@ -61,6 +61,7 @@ class Shipped:
     valid_accuracy: float
     train_seconds: float
     upright: dict | None = None  # the file's orientation rule (`orientation.Orientation.metadata`), if it has one
+    fusion: dict | None = None   # the second opinion (`fusion.py`): what chose it and what it did on validation
 
 
 @dataclass
@@ -129,7 +130,7 @@ def record_transfer(report_dir: str | os.PathLike, profile: str, data: LandmarkD
                  "transfer learning training seconds": round(run.train_seconds, 1),
                  "transfer learning comparison seconds (all candidates)": run.comparison_seconds,
                  "transfer learning test scored on": f"{exported.onnx_path.name} through predictor.py, from the photo files",
-                 **_upright_summary(run.shipped)},
+                 **_upright_summary(run.shipped), **_fusion_summary(run.shipped)},
         tables=[report.table(CANDIDATES_TITLE, run.candidates_table()),
                 report.table("Transfer learning: test accuracy per class", per_class.round(4))],
         figures=run.figures,
@@ -145,6 +146,12 @@ def record_transfer(report_dir: str | os.PathLike, profile: str, data: LandmarkD
                   "misclassified": [{"photo": run.test_paths[i].name, "true": run.names[run.labels[i]],
                                      "predicted": run.names[result.predicted[i]]} for i in result.wrong]},
     )
+
+
+def _fusion_summary(shipped: Shipped | None) -> dict:
+    """The second opinion's numbers (fusion.py), for the summary."""
+    return {} if shipped is None or not shipped.fusion else {
+        f"second opinion: {key}": value for key, value in shipped.fusion.items()}
 
 
 def _upright_summary(shipped: Shipped | None) -> dict:

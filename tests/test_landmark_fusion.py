@@ -1,0 +1,118 @@
+"""The second opinion (fusion.py): it sees the served view, the fused head learns from it, and the
+exported file names with both networks' features while "no known landmark" reads the first's alone."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.backbones import Backbone
+from common.transfer import Activations
+from landmark_classifier.src import export, fusion, openset, orientation, predictor
+from tests.landmark_fixtures import tiny_dataset, toy_classifier  # noqa: F401
+
+FIRST_MEAN, FIRST_STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
+
+
+def _second(dim: int = 5) -> Backbone:
+    torch.manual_seed(1)
+    module = nn.Sequential(nn.Conv2d(3, dim, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    return Backbone("toy_second", module, dim, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 16, 18, "test")
+
+
+def test_the_second_opinion_sees_the_served_view():
+    second = _second()
+    opinion = fusion.SecondOpinion(second, FIRST_MEAN, FIRST_STD)
+    pixels = torch.rand(2, 3, 24, 24)  # in [0, 1]
+    first_input = (pixels - torch.tensor(FIRST_MEAN).view(1, 3, 1, 1)) / torch.tensor(FIRST_STD).view(1, 3, 1, 1)
+    resized = F.interpolate(pixels, size=[16, 16], mode="bilinear", antialias=True, align_corners=False)
+    own_input = (resized - torch.tensor(second.mean).view(1, 3, 1, 1)) / torch.tensor(second.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(opinion(first_input), second.module(own_input), atol=1e-5)
+    assert not any(p.requires_grad for p in opinion.parameters())  # frozen
+
+
+class _Cache:
+    """An ActivationCache stand-in: `make(images)` -> features, the mirror's from the flipped images."""
+
+    def __init__(self, make) -> None:
+        self.make = make
+
+    def __call__(self, images: torch.Tensor, desc: str = "") -> Activations:
+        return Activations(self.make(images.float()), self.make(images.float().flip(3)))
+
+
+def _photos(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 photos whose class is the brightness of the red channel: the first network is blind to
+    it (it reads only green), the second sees it."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(count) % 3
+    images = torch.randint(0, 256, (count, 3, 16, 16), generator=generator).float()
+    images[:, 0] = 40 + 80 * labels.view(-1, 1, 1).float() + 10 * torch.randn(count, 16, 16, generator=generator)
+    return images.clamp(0, 255).to(torch.uint8), labels
+
+
+def test_the_fused_head_learns_what_only_the_second_opinion_sees():
+    first = _Cache(lambda x: x[:, 1:2])  # the trunk's "maps": the green channel
+    top = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten())  # 4 features, blind to red
+    base = SimpleNamespace(top=top, head=nn.Linear(4, 3), temperature=1.0)
+    second = _Cache(lambda x: x.mean((2, 3)) / 255)  # the mean of each channel, red included
+    fused = fusion.fit(base, first, second, _photos(90, 0), _photos(45, 1), thumbnail_size=8)
+    test_images, test_labels = _photos(45, 2)
+    assert fused.head.in_features == 4 + 3
+    assert fused.accuracy(test_images, test_labels) > 0.9
+    assert fused.probabilities(test_images).sum(1) == pytest.approx(np.ones(45), abs=1e-5)
+    alone = fusion.fit(base, first, None, _photos(90, 0), _photos(45, 1), thumbnail_size=8)
+    assert alone.head is base.head and alone.accuracy(test_images, test_labels) < 0.6
+    # the file's rule: this temperature; knn reads the first network's features only; msp refitted
+    bank = torch.nn.functional.normalize(torch.randn(10, 4), dim=1)
+    knn = fused.rule(export.OpenSetRule("knn", 2.0, -0.5, bank=bank, k=1), test_images, 0.95)
+    assert (knn.feature_dims, knn.temperature, knn.threshold) == (4, fused.temperature, -0.5)
+    assert knn.metadata()["feature_dims"] == 4
+    msp = fused.rule(export.OpenSetRule("msp", 2.0, 0.99), test_images, 0.95)
+    with torch.no_grad():
+        scores = openset.msp(fused.head(fused.features(test_images)), fused.temperature)
+    assert msp.threshold == pytest.approx(float(np.quantile(scores, 0.05)))
+    assert alone.rule(knn, test_images, 0.95) is knn
+
+
+def test_a_fused_upright_file_names_with_both_and_scores_the_open_set_on_the_first(tiny_dataset, tmp_path):
+    """The exported file (ONNX, and TorchScript's three outputs) equals the eager model: the second
+    opinion's features join the head's input, the knn score reads the first network's only, and the
+    orientation output drives the predictor's rerun."""
+    toy = toy_classifier()
+    second = fusion.SecondOpinion(_second(), (0.5,) * 3, (0.25,) * 3)
+    torch.manual_seed(2)
+    model = fusion.FusedClassifier(toy.trunk, toy.top, nn.Linear(6 + 5, 3), second).eval()
+    bank = torch.nn.functional.normalize(torch.randn(12, 6), dim=1)
+    rule = export.OpenSetRule("knn", 1.5, -0.7, bank=bank, k=2, feature_dims=6)
+    preprocessing = export.Preprocessing(40, 32, (0.5,) * 3, (0.25,) * 3, mirror=True)
+    card = export.ModelCard(tiny_dataset.class_names, "toy fused", {}, tiny_dataset.display_names)
+    linear = nn.Linear(4 * 4, 4)  # says every photo is stored turned a quarter (q = 1)
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.copy_(torch.tensor([-20.0, 20.0, -20.0, -20.0]))
+    head = orientation.OrientationHead(linear)
+    exported = export.export_predictor(model, preprocessing, card, tmp_path, rule=rule,
+                                       orientation=orientation.Orientation(head, 0.3))
+    x = torch.randint(0, 256, (2, 3, 50, 70), dtype=torch.uint8)
+    outputs = predictor.load(exported.onnx_path).run_all(x.numpy())
+    eager = export.ServingModel(model, preprocessing, card.class_names, rule).eval()
+    with torch.no_grad():
+        probabilities, score = eager(x)
+        prepared = eager.preprocess(x)
+        features = (model.features(prepared) + model.features(prepared.flip(3))) / 2
+        first_only = export.KnownScore(export.OpenSetRule("knn", 1.5, -0.7, bank=bank, k=2))(features[:, :6], None)
+    assert np.allclose(outputs["probabilities"], probabilities.numpy(), atol=1e-4)  # both networks name
+    assert np.allclose(outputs["known_score"], score.numpy(), atol=1e-3)
+    assert np.allclose(score.numpy(), first_only.numpy(), atol=1e-6)  # the open set reads the first's features
+    assert exported.metadata["open_set"]["feature_dims"] == 6
+    assert np.allclose(outputs["orientation"], [[0, 1, 0, 0]] * 2, atol=1e-6)
+    assert exported.metadata["orientation"]["rerun_below"] == 0.3
+    assert len(torch.jit.load(str(exported.torchscript_path))(x)) == 3
+    photo = next((tiny_dataset.root / "test").rglob("*.jpg"))  # the file's answer: the photo turned back once
+    assert predictor.predict(predictor.load(exported.onnx_path), photo, k=3).turned_back == 1
