@@ -12,7 +12,7 @@ from torch import nn
 from common.serving import load_onnx, read_metadata
 from common.transfer import Activations, FinetuneConfig
 from landmark_classifier.src import export, openset, predictor
-from tests.landmark_fixtures import tiny_dataset, toy_classifier  # noqa: F401
+from tests.landmark_fixtures import tiny_dataset, tiny_export, toy_classifier  # noqa: F401
 
 
 def test_temperature_scaling_recovers_an_overconfident_models_temperature():
@@ -152,10 +152,9 @@ def test_the_exported_rule_equals_eager_and_decides(method, tiny_dataset, tmp_pa
     assert lines[1]["file"] == str(bad) and "not an image" in lines[1]["error"]
 
 
-def test_a_photo_above_the_threshold_is_named(tiny_dataset, tmp_path, capsys):
-    card = export.ModelCard(tiny_dataset.class_names, "toy", {}, tiny_dataset.display_names)
-    exported = export.export_predictor(toy_classifier(), export.Preprocessing(40, 32, (0.5,) * 3, (0.25,) * 3), card,
-                                       tmp_path, rule=export.OpenSetRule("msp", 2.0, 0.0))
+def test_a_photo_above_the_threshold_is_named(tiny_dataset, tiny_export, capsys):
+    exported = tiny_export  # the default rule: msp, threshold 0, so every photo is above it
+    assert read_metadata(exported.onnx_path)["open_set"]["threshold"] == 0.0
     photo = next((tiny_dataset.root / "test").rglob("*.jpg"))
     answer = predictor.predict(predictor.load(exported.onnx_path), photo)
     assert answer.landmark == answer.top[0][0] in tiny_dataset.class_names
