@@ -14,7 +14,8 @@ better in four of the five folds, 0.3 points worse in one (that run's JSON, per 
 Not shipped by default (`TransferConfig.second_backbone` is None in every profile): each committed
 file would be 35 MB, over the 30 MB a committed model may take (`export.MAX_FILE_MB`), and the tagger
 ran a third fewer photos a second (54.8 vs 81.7 on the test photos, `tag_benchmark`); the run with it
-(2026-12-06, commit 71087a4) named the same 414 test photos right as the run without it (98.55%).
+(2026-12-06, commit 7802cce) had the same test accuracy as the run without it, 98.55%, with two of
+the six photos it missed different.
 Set `second_backbone="mobilenet_v2"` to ship it.
 
 With it, only naming changes: "no known landmark" is still decided on the Lite2 features alone
