@@ -116,3 +116,75 @@ def test_a_fused_upright_file_names_with_both_and_scores_the_open_set_on_the_fir
     assert len(torch.jit.load(str(exported.torchscript_path))(x)) == 3
     photo = next((tiny_dataset.root / "test").rglob("*.jpg"))  # the file's answer: the photo turned back once
     assert predictor.predict(predictor.load(exported.onnx_path), photo, k=3).turned_back == 1
+
+
+def test_the_bank_names_a_photo_by_its_nearest_training_photos():
+    bank = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.1, 1.0], [-0.1, 1.0]]), dim=1)
+    labels = torch.tensor([0, 1, 1, 1])
+    near_first = torch.tensor([[1.0, 0.6]])  # nearest photo: class 0; the mass of photos: class 1
+    sharp, soft = export.BankHead(bank, labels, 3, 0.02), export.BankHead(bank, labels, 3, 10.0)
+    assert sharp(near_first).argmax(1).item() == 0
+    assert soft(near_first).argmax(1).item() == 1  # at a large tau, a class with more photos near wins
+    logits = sharp(near_first)
+    assert torch.isfinite(logits).all() and logits[0, 2] < logits[0, 0] - 60  # a class with no photo: floored
+    assert torch.equal(sharp(3 * near_first), logits)  # reads directions, like the knn score
+    with pytest.raises(ValueError, match="one label per feature"):
+        export.BankHead(bank, labels[:3], 3, 0.02)
+    with pytest.raises(ValueError, match="tau must be positive"):
+        export.BankHead(bank, labels, 3, 0.0)
+
+
+def test_fit_with_the_bank_names_by_it_with_its_own_temperature():
+    """fusion.fit(bank_tau=...): the bank of the base's knn names; temperature refitted on validation;
+    the file's rule keeps knn's threshold and bank, refits msp's on these logits."""
+    # the trunk's "maps": (red - 128, 30): the class (the red brightness) sets the features' direction
+    first = _Cache(lambda x: torch.stack([x[:, 0] - 128, torch.full_like(x[:, 0], 30.0)], 1))
+    top = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    train, valid = _photos(90, 0), _photos(45, 1)
+    acts = first(torch.cat([train[0], openset.thumbnails(train[0], 8)]))
+    features = (top(acts.plain) + top(acts.mirror)) / 2
+    y = torch.cat([train[1], train[1]])
+    base = SimpleNamespace(top=top, head=nn.Linear(2, 3), temperature=1.0, knn=openset.KNN(features, 1, y))
+    named = fusion.fit(base, first, None, train, valid, thumbnail_size=8, bank_tau=0.02)
+    assert isinstance(named.head, export.BankHead) and not named.own_head
+    test_images, test_labels = _photos(45, 2)
+    assert named.accuracy(test_images, test_labels) > 0.9
+    vx, vy = fusion.both(*valid, 8)
+    with torch.no_grad():
+        assert named.temperature == openset.fit_temperature(named.head(named.features(vx)), vy)
+    knn = named.rule(export.OpenSetRule("knn", 2.0, -0.5, bank=base.knn.bank, k=1), valid[0], 0.95)
+    assert (knn.temperature, knn.threshold, knn.feature_dims) == (named.temperature, -0.5, None)
+    msp = named.rule(export.OpenSetRule("msp", 2.0, 0.99), valid[0], 0.95)
+    with torch.no_grad():
+        scores = openset.msp(named.head(named.features(valid[0])), named.temperature)
+    assert msp.threshold == pytest.approx(float(np.quantile(scores, 0.05)))
+    with pytest.raises(ValueError, match="not both"):
+        fusion.fit(base, first, first, train, valid, thumbnail_size=8, bank_tau=0.02)
+    unlabelled = SimpleNamespace(**{**vars(base), "knn": openset.KNN(features, 1)})
+    with pytest.raises(ValueError, match="no labels"):
+        fusion.fit(unlabelled, first, None, train, valid, thumbnail_size=8, bank_tau=0.02)
+
+
+def test_a_file_named_by_the_bank_stores_it_once_and_equals_eager(tiny_dataset, tmp_path):
+    toy = toy_classifier()
+    torch.manual_seed(3)
+    bank = F.normalize(torch.randn(3000, 6), dim=1)
+    rule = export.OpenSetRule("knn", 1.5, -0.7, bank=bank, k=1)
+    preprocessing = export.Preprocessing(40, 32, (0.5,) * 3, (0.25,) * 3, mirror=True)
+    card = export.ModelCard(tiny_dataset.class_names, "toy", {}, tiny_dataset.display_names)
+    model = type(toy)(toy.trunk, toy.top, export.BankHead(bank, torch.arange(3000) % 3, 3, 0.02)).eval()
+    named = export.export_predictor(model, preprocessing, card, tmp_path / "bank", rule=rule)
+    linear = export.export_predictor(toy, preprocessing, card, tmp_path / "linear", rule=rule)
+    bank_bytes, labels_bytes = 3000 * 6 * 2, 3000 * 3 * 2  # float16 features, float16 one-hot labels
+    for kind in ("onnx_path", "torchscript_path"):  # the labels more, not a second bank
+        grew = getattr(named, kind).stat().st_size - getattr(linear, kind).stat().st_size
+        assert 0 < grew < labels_bytes + bank_bytes / 4, (kind, grew)
+    x = torch.randint(0, 256, (2, 3, 50, 70), dtype=torch.uint8)
+    with torch.no_grad():
+        probabilities, score = export.ServingModel(model, preprocessing, card.class_names, rule).eval()(x)
+    outputs = predictor.load(named.onnx_path).run_all(x.numpy())
+    assert np.allclose(outputs["probabilities"], probabilities.numpy(), atol=1e-4)
+    assert np.allclose(outputs["known_score"], score.numpy(), atol=1e-3)
+    with torch.no_grad():
+        scripted = torch.jit.load(str(named.torchscript_path))(x)
+    assert np.allclose(scripted[0].numpy(), probabilities.numpy(), atol=1e-4)

@@ -2,6 +2,8 @@
 the misclassified photos, as numbers for metrics.json and as figures for the report."""
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +102,7 @@ def misclassified_grid(result: Evaluation, display_names: list[str], test_paths:
         images.append(np.asarray(image))
         titles.append(f"{display_names[labels[i]]}\n-> {display_names[result.predicted[i]]} "
                       f"({result.probabilities[i, result.predicted[i]]:.0%})")
-    return plotting.image_grid(images, titles, ncols=min(6, len(images)),
+    columns = min(6, len(images), math.ceil(math.sqrt(2 * len(images))))  # a few mistakes: rows, not a strip
+    return plotting.image_grid(images, titles, ncols=columns,
                                title=f"{title} ({len(result.wrong)} of {len(labels)}; true -> predicted)",
                                save_to=save_to)

@@ -121,6 +121,37 @@ class KnownScore(nn.Module):
         return torch.softmax(logits / self.temperature, 1).max(1).values
 
 
+class BankHead(nn.Module):
+    """Naming by the known photos a photo is most like: features -> N x classes logits,
+
+        logit_c = log sum over the bank's photos of class c of exp(cos(features, photo) / tau)
+
+    a soft nearest-neighbour vote (as tau -> 0, the nearest photo's class). The bank is the knn
+    score's (the training photos' and thumbnails' L2-normalised features, float16); in a file with
+    the knn rule it is stored once (`ServingModel` shares it). Chosen by cross-validation over the
+    linear head (`fusion.py`)."""
+
+    def __init__(self, bank: torch.Tensor, labels: torch.Tensor, classes: int, tau: float) -> None:
+        super().__init__()
+        if not tau > 0:
+            raise ValueError(f"the bank's tau must be positive, got {tau}")
+        if len(bank) != len(labels) or not len(bank):
+            raise ValueError(f"the bank has {len(bank)} features and {len(labels)} labels: one label per feature")
+        self.register_buffer("bank", torch.as_tensor(bank, dtype=torch.float16))
+        self.register_buffer("onehot", F.one_hot(torch.as_tensor(labels).long(), classes).to(torch.float16))
+        self.tau, self.in_features, self.out_features = float(tau), int(bank.shape[1]), int(classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        unit = features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        votes = unit @ self.bank.float().t() / self.tau
+        top = votes.max(1, keepdim=True).values  # exp(votes - top) <= 1: no overflow at small tau
+        # a class with no photo near enough sums to ~0: its logit is floored ~69 below the best
+        return torch.log((torch.exp(votes - top) @ self.onehot.float()).clamp_min(1e-30)) + top
+
+
+HEADS = (nn.Linear, BankHead)  # what `split_head` takes for a head
+
+
 class _Features(nn.Module):
     """A `common.transfer.Classifier`'s penultimate features (the part before its head)."""
 
@@ -135,7 +166,7 @@ class _Features(nn.Module):
 def split_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """(features, head) of a model with `features()` and a linear `head` (the transfer Classifier);
     any other model is all features, its logits, with an identity head."""
-    if hasattr(model, "features") and isinstance(getattr(model, "head", None), nn.Linear):
+    if hasattr(model, "features") and isinstance(getattr(model, "head", None), HEADS):
         return _Features(model), model.head
     return model, nn.Identity()
 
@@ -154,6 +185,8 @@ class ServingModel(nn.Module):
             raise ValueError("the mahalanobis rule needs a model with features() and a linear head")
         self.features, self.head = (model, head) if head is not None else split_head(model)
         self.score = KnownScore(rule)
+        if isinstance(self.head, BankHead) and torch.equal(self.head.bank, self.score.bank):
+            self.score.bank = self.head.bank  # one tensor: both exporters then store the bank once
         self.temperature = float(rule.temperature)
         self.class_names = list(class_names)  # TorchScript users read them from the .pt file
         self.resize_size = preprocessing.resize_size

@@ -219,10 +219,11 @@ class KNN:
     """Minus the Euclidean distance of the L2-normalised features to their k-th nearest training photo,
     for any k up to `max_k` (one neighbour search answers them all)."""
 
-    def __init__(self, features: torch.Tensor, max_k: int) -> None:
+    def __init__(self, features: torch.Tensor, max_k: int, labels: torch.Tensor | None = None) -> None:
         from sklearn.neighbors import NearestNeighbors
 
         self.bank = F.normalize(features.float(), dim=1)
+        self.labels = labels  # the bank's classes (naming by the bank: `export.BankHead`)
         self.index = NearestNeighbors(n_neighbors=max_k).fit(self.bank.numpy())
 
     def __call__(self, features: torch.Tensor, k: int) -> np.ndarray:
@@ -302,7 +303,7 @@ def fit_model(top: nn.Module, train: Known, valid: Known, tune: FinetuneConfig, 
     head = fit_logistic_head(mirror_mean(top, train_acts), train_y, mirror_mean(top, valid_acts), valid_y, Cs)
     top, linear, _ = fit_top(top, head.linear, train_acts, train_y, valid_acts, valid_y, tune, outliers)
     features = mirror_mean(top, train_acts)
-    fitted = Fitted(top, linear, Mahalanobis(features, train_y), KNN(features, max(config.knn_ks)))
+    fitted = Fitted(top, linear, Mahalanobis(features, train_y), KNN(features, max(config.knn_ks), train_y))
     fitted.temperature = fit_temperature(linear(fitted.features(valid_acts)), valid_y)
     return fitted
 

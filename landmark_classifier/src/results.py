@@ -61,7 +61,7 @@ class Shipped:
     valid_accuracy: float
     train_seconds: float
     upright: dict | None = None  # the file's orientation rule (`orientation.Orientation.metadata`), if it has one
-    fusion: dict | None = None   # the second opinion (`fusion.py`): what chose it and what it did on validation
+    fusion: dict | None = None   # how it names photos (`fusion.report_note`): what chose it, what it did on validation
 
 
 @dataclass
@@ -149,9 +149,9 @@ def record_transfer(report_dir: str | os.PathLike, profile: str, data: LandmarkD
 
 
 def _fusion_summary(shipped: Shipped | None) -> dict:
-    """The second opinion's numbers (fusion.py), for the summary."""
+    """How the file names photos (fusion.py), for the summary."""
     return {} if shipped is None or not shipped.fusion else {
-        f"second opinion: {key}": value for key, value in shipped.fusion.items()}
+        f"naming: {key}": value for key, value in shipped.fusion.items()}
 
 
 def _upright_summary(shipped: Shipped | None) -> dict:

@@ -47,6 +47,10 @@ class TransferConfig:
     # A frozen second backbone whose features the shipped head also reads (`fusion.py`: better by
     # cross-validation, at a bigger file and a third of the tagging rate); None: the chosen backbone alone.
     second_backbone: str | None = None
+    # Name photos by the knn bank of training photos and thumbnails (a soft nearest-neighbour vote,
+    # `export.BankHead`, at this tau) instead of the linear head: better by cross-validation (`fusion.py`),
+    # at no file size (the open-set score already ships the bank); None: the linear head.
+    bank_tau: float | None = 0.02
 
 
 # Published multiply-adds per image at the native input size (billions), for projecting costs.
