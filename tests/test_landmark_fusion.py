@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.backbones import Backbone
-from common.transfer import Activations
+from common.transfer import Activations, FinetuneConfig
 from landmark_classifier.src import export, fusion, openset, orientation, predictor
 from tests.landmark_fixtures import tiny_dataset, toy_classifier  # noqa: F401
 
@@ -188,3 +188,22 @@ def test_a_file_named_by_the_bank_stores_it_once_and_equals_eager(tiny_dataset, 
     with torch.no_grad():
         scripted = torch.jit.load(str(named.torchscript_path))(x)
     assert np.allclose(scripted[0].numpy(), probabilities.numpy(), atol=1e-4)
+
+
+def test_cross_validation_holds_each_photo_out_once_and_scores_three_ways_of_naming():
+    from landmark_classifier.src.transfer import stratified_folds
+
+    images, labels = _photos(60, 0)
+    held = torch.cat([h for _, h in stratified_folds(labels, 3)])
+    assert sorted(held.tolist()) == list(range(60))
+    for _, h in stratified_folds(labels, 3):  # each fold holds a third of each class (20 photos a class)
+        assert set(torch.bincount(labels[h], minlength=3).tolist()) <= {6, 7}
+    first = _Cache(lambda x: x[:, 1:2])  # blind to red, which holds the class
+    top = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten())
+    second = _Cache(lambda x: x.mean((2, 3)) / 255)
+    tune = FinetuneConfig(epochs=1, lr=1e-3)
+    result = fusion.cross_validate(top, first, second, images, labels, tune, 8, folds=3, progress=lambda _: None)
+    assert result["photos"] == 60 and len(result["per fold"]) == 3
+    assert result["fused"]["photos"]["wrong"] < result["base"]["photos"]["wrong"]  # the second sees red
+    assert set(result["per fold"][0]) == {f"{way} {kind}" for way in ("base", "bank", "fused")
+                                          for kind in ("photos", "thumbnails")}

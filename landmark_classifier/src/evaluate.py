@@ -3,7 +3,6 @@ the misclassified photos, as numbers for metrics.json and as figures for the rep
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.backbones import Backbone, load_backbone
-from common.transfer import ActivationCache, Activations, Classifier, Prepare, fit_logistic_head, mirror_mean
+from common.transfer import ActivationCache, Activations, Classifier, Prepare, fit_logistic_head, fit_top, mirror_mean
 from landmark_classifier.src import openset
 from landmark_classifier.src.export import BankHead
 
@@ -264,22 +264,17 @@ def cross_validate(base_top: nn.Module, cache: ActivationCache, second: Activati
     at `bank_tau` ("bank"), and with the second opinion ("fused"). In each fold the base fine-tunes on
     the fold's photos and thumbnails (the shipped recipe, last epoch); a logistic head of strength `C`
     reads both networks' features."""
-    from sklearn.model_selection import StratifiedKFold
-
-    from common.transfer import fit_top
+    from landmark_classifier.src.transfer import starting_head, stratified_folds
 
     photos, thumbs = cache(images, desc="photos"), cache(openset.thumbnails(images, thumbnail_size), desc="thumbnails")
     extra = [_mean(second(images, desc="second: photos")),
              _mean(second(openset.thumbnails(images, thumbnail_size), desc="second: thumbnails"))]
     wrong = {name: {"photos": 0, "thumbnails": 0} for name in ("base", "bank", "fused")}
     per_fold = []
-    for number, (fit_idx, held) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed)
-                                             .split(labels.numpy(), labels.numpy())):
-        fit_idx, held = torch.as_tensor(fit_idx), torch.as_tensor(held)
+    for number, (fit_idx, held) in enumerate(stratified_folds(labels, folds, seed)):
         acts = Activations.join(photos.subset(fit_idx), thumbs.subset(fit_idx))
         y = torch.cat([labels[fit_idx], labels[fit_idx]])
-        start = fit_logistic_head(mirror_mean(base_top, acts), y, mirror_mean(base_top, acts), y, Cs=(C,))
-        top, linear, _ = fit_top(base_top, start.linear, acts, y, None, None, tune)
+        top, linear, _ = fit_top(base_top, starting_head(base_top, acts, y, C), acts, y, None, None, tune)
         own = mirror_mean(top, acts)
         joined = torch.cat([own, torch.cat([extra[0][fit_idx], extra[1][fit_idx]])], 1)
         head = fit_logistic_head(joined, y, joined, y, Cs=(C,))

@@ -187,24 +187,37 @@ def compare(config: TransferConfig, images_for, cache_dir: Path | None = None) -
 
 # ------------------------------------------------------------- a fine-tuning choice, by CV
 
+def stratified_folds(labels: torch.Tensor, folds: int, seed: int = 0):
+    """(fit, held) index tensors of each of `folds` stratified folds of `labels`, shuffled with `seed`:
+    the split every cross-validation here uses (`fusion.cross_validate` too)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    for fit, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(labels.numpy(), labels.numpy()):
+        yield torch.as_tensor(fit), torch.as_tensor(held)
+
+
+def starting_head(top: nn.Module, acts: Activations, labels: torch.Tensor, C: float) -> nn.Linear:
+    """A fold's head before fine-tuning, as the comparison starts: a logistic regression of strength `C`
+    on the frozen top's served features (image + mirror mean) of the fold's training part."""
+    features = mirror_mean(top, acts)
+    return fit_logistic_head(features, labels, features, labels, Cs=(C,)).linear
+
+
 def cross_validate(data: BackboneData, variants: dict[str, FinetuneConfig], *, C: float = 1.0, folds: int = 5,
                    seed: int = 0) -> dict[str, dict]:
     """Stratified k-fold accuracy (served: image + mirror) of fine-tuning variants on the training and
     validation photos pooled; the test photos are not read. Each fold starts from a logistic head of
     strength `C` fitted on that fold's training part, as the comparison does."""
-    from sklearn.model_selection import StratifiedKFold
-
     pooled = Activations(torch.cat([data.train.plain, data.valid.plain]), torch.cat([data.train.mirror, data.valid.mirror]))
     labels = torch.cat([data.train_y, data.valid_y])
     correct = {name: 0 for name in variants}
     seconds = {name: 0.0 for name in variants}
-    for fit, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(labels.numpy(), labels.numpy()):
+    for fit, held in stratified_folds(labels, folds, seed):
         fit_acts, held_acts = pooled.subset(fit), pooled.subset(held)
-        features = mirror_mean(data.top, fit_acts)
-        head = fit_logistic_head(features, labels[fit], features, labels[fit], Cs=(C,))
+        head = starting_head(data.top, fit_acts, labels[fit], C)
         for name, config in variants.items():
             started = time.perf_counter()
-            top, linear, _ = fit_top(data.top, head.linear, fit_acts, labels[fit], None, None, config)
+            top, linear, _ = fit_top(data.top, head, fit_acts, labels[fit], None, None, config)
             seconds[name] += time.perf_counter() - started
             predicted = mirror_mean(nn.Sequential(top, linear), held_acts, mirror=config.mirror).argmax(1)
             correct[name] += int((predicted == labels[held]).sum())
