@@ -174,3 +174,37 @@ def load_backbone(name: str = "efficientnet_lite0", pretrained: bool = True) -> 
     if name in _TORCHVISION:
         return torchvision_backbone(name, pretrained)
     raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+
+
+class _AsFloat32(nn.Module):
+    """A weight stored float16, read as float32 (a `torch.nn.utils.parametrize` parametrization)."""
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.float()
+
+
+def store_half(module: nn.Module) -> int:
+    """Keep the convolution and linear weights of a frozen `module` as float16, read as float32.
+
+    Halves what they take in an exported file (ONNX stores the float16 tensor and a Cast, which ONNX
+    Runtime folds at load; a traced TorchScript file stores the float16 tensor), while the arithmetic
+    stays float32. The eager module reads the same rounded weights, so it and its files agree
+    exactly; rounding moves a pretrained network's features by ~1e-3 relative, as float16 inference
+    does. Not for weights being trained (they stay frozen). Modules already stored half are skipped.
+    Returns how many weights it converted. TorchScript cannot script the result: trace it."""
+    from torch.nn.utils import parametrize
+
+    converted = 0
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)) and not parametrize.is_parametrized(layer, "weight"):
+            layer.weight = nn.Parameter(layer.weight.detach().half(), requires_grad=False)
+            parametrize.register_parametrization(layer, "weight", _AsFloat32(), unsafe=True)
+            converted += 1
+    return converted
+
+
+def stored_half(module: nn.Module) -> bool:
+    """Whether any weight of `module` is stored float16 by `store_half`."""
+    from torch.nn.utils import parametrize
+
+    return any(parametrize.is_parametrized(layer) for layer in module.modules())

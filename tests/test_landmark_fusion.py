@@ -87,8 +87,10 @@ def test_a_fused_upright_file_names_with_both_and_scores_the_open_set_on_the_fir
     toy = toy_classifier()
     second = fusion.SecondOpinion(_second(), (0.5,) * 3, (0.25,) * 3)
     torch.manual_seed(2)
-    model = fusion.FusedClassifier(toy.trunk, toy.top, nn.Linear(6 + 5, 3), second).eval()
     bank = torch.nn.functional.normalize(torch.randn(12, 6), dim=1)
+    # named by the fused head's logits plus the bank's vote, which reads the first network's features
+    head = export.SumHead(nn.Linear(6 + 5, 3), export.BankHead(bank, torch.arange(12) % 3, 3, 0.05))
+    model = fusion.FusedClassifier(toy.trunk, toy.top, head, second).eval()
     rule = export.OpenSetRule("knn", 1.5, -0.7, bank=bank, k=2, feature_dims=6)
     preprocessing = export.Preprocessing(40, 32, (0.5,) * 3, (0.25,) * 3, mirror=True)
     card = export.ModelCard(tiny_dataset.class_names, "toy fused", {}, tiny_dataset.display_names)
@@ -158,8 +160,18 @@ def test_fit_with_the_bank_names_by_it_with_its_own_temperature():
     with torch.no_grad():
         scores = openset.msp(named.head(named.features(valid[0])), named.temperature)
     assert msp.threshold == pytest.approx(float(np.quantile(scores, 0.05)))
-    with pytest.raises(ValueError, match="not both"):
-        fusion.fit(base, first, first, train, valid, thumbnail_size=8, bank_tau=0.02)
+    # with a second opinion too: the fused head's logits plus the bank's, the knn score on the first's features
+    second = _Cache(lambda x: x.mean((2, 3)) / 255)
+    fused = fusion.fit(base, first, second, train, valid, thumbnail_size=8)
+    summed = fusion.fit(base, first, second, train, valid, thumbnail_size=8, bank_tau=0.02)
+    assert isinstance(summed.head, export.SumHead) and fusion.cv_row(summed) == "fused + bank"
+    assert torch.equal(summed.head.linear.weight, fused.head.weight)  # the same fused head (C on validation)
+    with torch.no_grad():
+        features = summed.features(test_images)
+        assert torch.allclose(summed.head(features), fused.head(features) + named.head(features[:, :2]), atol=1e-5)
+        assert summed.temperature == openset.fit_temperature(summed.head(summed.features(vx)), vy)
+    assert summed.accuracy(test_images, test_labels) > 0.9
+    assert summed.rule(export.OpenSetRule("knn", 2.0, -0.5, bank=base.knn.bank, k=1), valid[0], 0.95).feature_dims == 2
     unlabelled = SimpleNamespace(**{**vars(base), "knn": openset.KNN(features, 1)})
     with pytest.raises(ValueError, match="no labels"):
         fusion.fit(unlabelled, first, None, train, valid, thumbnail_size=8, bank_tau=0.02)
@@ -190,7 +202,7 @@ def test_a_file_named_by_the_bank_stores_it_once_and_equals_eager(tiny_dataset, 
     assert np.allclose(scripted[0].numpy(), probabilities.numpy(), atol=1e-4)
 
 
-def test_cross_validation_holds_each_photo_out_once_and_scores_three_ways_of_naming():
+def test_cross_validation_holds_each_photo_out_once_and_scores_four_ways_of_naming():
     from landmark_classifier.src.transfer import stratified_folds
 
     images, labels = _photos(60, 0)
@@ -205,5 +217,5 @@ def test_cross_validation_holds_each_photo_out_once_and_scores_three_ways_of_nam
     result = fusion.cross_validate(top, first, second, images, labels, tune, 8, folds=3, progress=lambda _: None)
     assert result["photos"] == 60 and len(result["per fold"]) == 3
     assert result["fused"]["photos"]["wrong"] < result["base"]["photos"]["wrong"]  # the second sees red
-    assert set(result["per fold"][0]) == {f"{way} {kind}" for way in ("base", "bank", "fused")
+    assert set(result["per fold"][0]) == {f"{way} {kind}" for way in ("base", "bank", "fused", "fused + bank")
                                           for kind in ("photos", "thumbnails")}

@@ -156,3 +156,43 @@ def test_save_is_atomic_and_keeps_the_old_file_when_writing_fails(tmp_path, monk
     monkeypatch.undo()
     assert torch.equal(torch.load(path)["a"], torch.ones(2))  # the previous file, whole
     assert [p.name for p in path.parent.iterdir()] == ["ckpt.pt"]  # no temporary left behind
+
+
+def test_store_half_keeps_frozen_weights_float16_the_same_in_eager_onnx_and_torchscript(tmp_path):
+    """Weights stored float16, read float32: the eager module computes with the rounded weights, an
+    ONNX file stores half the bytes and gives the same answers, a traced TorchScript file too."""
+    import os
+
+    from torch import nn
+
+    from common.serving import export_onnx, load_onnx
+
+    def net() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 64, 3), nn.BatchNorm2d(64), nn.ReLU(), nn.Conv2d(64, 64, 3),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 32)).eval()
+
+    full, half = net(), net()
+    assert backbones.store_half(half) == 3 and backbones.stored_half(half) and not backbones.stored_half(full)
+    assert backbones.store_half(half) == 0  # already stored half: left alone
+    assert half[0].parametrizations.weight.original.dtype == torch.float16 and half[0].weight.dtype == torch.float32
+    x = torch.randn(2, 3, 20, 20)
+    rounded = net()
+    with torch.no_grad():
+        for layer in (rounded[0], rounded[3], rounded[6]):
+            layer.weight.copy_(layer.weight.half().float())
+        assert torch.equal(half(x), rounded(x))  # the rounded weights, float32 arithmetic
+        assert 0 < (half(x) - full(x)).abs().max() < 1e-2
+    sizes = {}
+    for name, module in (("full", full), ("half", half)):
+        path = export_onnx(module, x, tmp_path / f"{name}.onnx", metadata={}, check_inputs=[torch.randn(1, 3, 20, 20)])
+        sizes[name] = os.path.getsize(path)
+    weights = (3 * 64 * 9 + 64 * 64 * 9 + 64 * 32) * 2  # bytes saved: 2 of each float32's 4
+    assert sizes["full"] - sizes["half"] > 0.9 * weights
+    output = load_onnx(tmp_path / "half.onnx").run(x.numpy())
+    with torch.no_grad():
+        assert np.allclose(output, half(x).numpy(), atol=1e-5)
+        traced = torch.jit.trace(half, x, check_trace=False)
+    torch.jit.save(traced, str(tmp_path / "half.pt"))
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(tmp_path / "half.pt"))(x), half(x), atol=1e-6)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.backbones import stored_half
 from common.serving import export_onnx, save_torchscript
 from landmark_classifier.src.resize import resized_size, round_half_even_div  # noqa: F401 - part of this API
 
@@ -33,8 +34,9 @@ if TYPE_CHECKING:  # orientation.py imports common.transfer's training code; the
     from landmark_classifier.src.orientation import Orientation
 
 INPUT_CONTRACT = "uint8 N x 3 x H x W RGB, any size"
-# What a committed model may take. Lite2 + its kNN bank is ~25 MB; MobileNetV2's features for
-# naming (`fusion.py`) would add ~10 MB, which is why the full profile ships without them.
+# What a committed model may take (MiB). Lite2 + its kNN bank was ~25 MB; MobileNetV2's features for
+# naming (`fusion.py`) add ~10 MB at float32, so both networks' frozen weights are stored float16
+# (`common.backbones.store_half`).
 MAX_FILE_MB = 30
 
 
@@ -149,7 +151,23 @@ class BankHead(nn.Module):
         return torch.log((torch.exp(votes - top) @ self.onehot.float()).clamp_min(1e-30)) + top
 
 
-HEADS = (nn.Linear, BankHead)  # what `split_head` takes for a head
+class SumHead(nn.Module):
+    """Two heads' logits added (a product of their probabilities): `linear` reads all the features,
+    `bank` (a `BankHead`) the first `bank.in_features` (the fine-tuned backbone's, with a second
+    backbone's appended; see `fusion.py`)."""
+
+    def __init__(self, linear: nn.Linear, bank: BankHead) -> None:
+        super().__init__()
+        if linear.out_features != bank.out_features:
+            raise ValueError(f"the heads name {linear.out_features} and {bank.out_features} classes")
+        self.linear, self.bank = linear, bank
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(features) + self.bank(features[:, :self.bank.in_features])
+
+
+HEADS = (nn.Linear, BankHead, SumHead)  # what `split_head` takes for a head
 
 
 class _Features(nn.Module):
@@ -185,8 +203,9 @@ class ServingModel(nn.Module):
             raise ValueError("the mahalanobis rule needs a model with features() and a linear head")
         self.features, self.head = (model, head) if head is not None else split_head(model)
         self.score = KnownScore(rule)
-        if isinstance(self.head, BankHead) and torch.equal(self.head.bank, self.score.bank):
-            self.score.bank = self.head.bank  # one tensor: both exporters then store the bank once
+        bank = self.head.bank if isinstance(self.head, SumHead) else self.head
+        if isinstance(bank, BankHead) and torch.equal(bank.bank, self.score.bank):
+            self.score.bank = bank.bank  # one tensor: both exporters then store the bank once
         self.temperature = float(rule.temperature)
         self.class_names = list(class_names)  # TorchScript users read them from the .pt file
         self.resize_size = preprocessing.resize_size
@@ -265,10 +284,13 @@ class Exported:
 
 def _scriptable(model: nn.Module, crop_size: int) -> tuple[nn.Module, str]:
     """The model (its features part) as TorchScript: scripted when it can be, else traced at the
-    fixed crop size (EfficientNet-Lite's code is not scriptable; after the crop its input size never changes)."""
+    fixed crop size (EfficientNet-Lite's code is not scriptable; after the crop its input size never
+    changes). Weights stored half (`store_half`, a parametrization) script but fail to run: traced."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
+            if stored_half(model):
+                raise TypeError("parametrized weights: trace")
             return torch.jit.script(model), "scripted"
         except Exception:  # noqa: BLE001 - TorchScript raises many types for unsupported Python
             example = torch.zeros(2, 3, crop_size, crop_size)

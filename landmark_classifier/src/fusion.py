@@ -48,10 +48,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.backbones import Backbone, load_backbone
+from common.backbones import Backbone, load_backbone, store_half, stored_half
 from common.transfer import ActivationCache, Activations, Classifier, Prepare, fit_logistic_head, fit_top, mirror_mean
 from landmark_classifier.src import openset
-from landmark_classifier.src.export import BankHead
+from landmark_classifier.src.export import BankHead, SumHead
 
 
 class SecondOpinion(nn.Module):
@@ -60,11 +60,14 @@ class SecondOpinion(nn.Module):
     The normalisation is per channel and affine, so it is applied after the (linear) resize as one
     scale and shift."""
 
-    def __init__(self, second: Backbone, first_mean: tuple[float, ...], first_std: tuple[float, ...]) -> None:
+    def __init__(self, second: Backbone, first_mean: tuple[float, ...], first_std: tuple[float, ...],
+                 half: bool = True) -> None:
         super().__init__()
         self.module = second.module.eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
+        if half:  # frozen ImageNet weights stored float16: 4.5 MB in a file, not 9 (the 30 MB cap)
+            store_half(self.module)
         self.size, self.dim = second.input_size, second.feature_dim
         mean1, std1 = torch.tensor(first_mean), torch.tensor(first_std)
         mean2, std2 = torch.tensor(second.mean), torch.tensor(second.std)
@@ -90,10 +93,10 @@ class FusedClassifier(Classifier):
 
 def second_cache(first: Backbone, second: Backbone, cache_dir: Path | None, batch_size: int = 32) -> ActivationCache:
     """The second opinion's features of photos (and their mirrors), cached per photo like the trunk's."""
-    path = None if cache_dir is None else (
-        Path(cache_dir) / f"second_{second.name}_for_{first.name}_crop{first.input_size}.pt")
-    return ActivationCache(Prepare(first, first.input_size, "crop"), SecondOpinion(second, first.mean, first.std),
-                           path, batch_size=batch_size)
+    opinion = SecondOpinion(second, first.mean, first.std)
+    path = None if cache_dir is None else (Path(cache_dir) / f"second_{second.name}_for_{first.name}_crop"
+                                           f"{first.input_size}{'_w16' if stored_half(opinion) else ''}.pt")
+    return ActivationCache(Prepare(first, first.input_size, "crop"), opinion, path, batch_size=batch_size)
 
 
 def load_second(name: str | None) -> tuple[Backbone | None, str]:
@@ -179,43 +182,44 @@ def bank_head(base: openset.Fitted, tau: float) -> BankHead:
 def fit(base: openset.Fitted, cache: ActivationCache, second: ActivationCache | None,
         train: tuple[torch.Tensor, torch.Tensor], valid: tuple[torch.Tensor, torch.Tensor], thumbnail_size: int,
         Cs: tuple[float, ...] = (0.1, 0.3, 1.0), *, bank_tau: float | None = None) -> Fused:
-    """The fused head on the training photos and thumbnails (C chosen on validation's), temperature
-    on validation's. With `bank_tau` (and no `second`): named by the knn bank's vote, temperature on
-    validation's photos and thumbnails. Neither: the base as it is."""
-    if second is not None and bank_tau is not None:
-        raise ValueError("name by the bank or by a second opinion, not both (the bank holds the first backbone's features)")
+    """What names the photos, temperature fitted on validation's photos and thumbnails:
+    - `second`: a logistic head on both networks' features of the training photos and thumbnails
+      (C chosen on validation's); with `bank_tau` too, its logits plus the bank vote's (`SumHead`);
+    - `bank_tau` alone: the knn bank's vote;
+    - neither: the base as it is."""
     if second is None and bank_tau is None:
         return Fused(base, cache, None, base.head, base.temperature, {"second opinion": None})
     (vx, vy) = both(*valid, thumbnail_size)
     if second is None:
         named = Fused(base, cache, None, bank_head(base, bank_tau), 1.0, {"bank tau": bank_tau})
-        with torch.no_grad():
-            named.temperature = openset.fit_temperature(named.head(named.features(vx)), vy)
-        return named
-    draft = Fused(base, cache, second, base.head, 1.0)
-    (tx, ty) = both(*train, thumbnail_size)
-    head = fit_logistic_head(draft.features(tx), ty, draft.features(vx), vy, Cs)
-    fused = Fused(base, cache, second, head.linear, 1.0,
-                  {"C": head.C, "validation accuracy by C (photos and thumbnails)": head.searched})
+    else:
+        draft = Fused(base, cache, second, base.head, 1.0)
+        (tx, ty) = both(*train, thumbnail_size)
+        head = fit_logistic_head(draft.features(tx), ty, draft.features(vx), vy, Cs)
+        named = Fused(base, cache, second, head.linear, 1.0,
+                      {"C": head.C, "validation accuracy by C (photos and thumbnails)": head.searched})
+        if bank_tau is not None:
+            named.head = SumHead(head.linear, bank_head(base, bank_tau))
+            named.note["bank tau"] = bank_tau
     with torch.no_grad():
-        fused.temperature = openset.fit_temperature(head.linear(fused.features(vx)), vy)
-    return fused
+        named.temperature = openset.fit_temperature(named.head(named.features(vx)), vy)
+    return named
 
 
 def naming(base: openset.Fitted, cache: ActivationCache, backbone: Backbone, config, train, valid,
            thumbnail_size: int, cache_dir: Path | None) -> tuple[Fused, str]:
     """What names the shipped model's photos, as `config` (a `TransferConfig`) says: a second opinion
-    when `second_backbone` loads, else the bank's vote when `bank_tau` is set, else the linear head.
-    Returns the fitted `Fused` and its words for the model's label ("" for the linear head)."""
+    when `second_backbone` loads, the bank's vote when `bank_tau` is set (both: their logits added),
+    else the linear head. Returns the fitted `Fused` and its words for the model's label ("" for the
+    linear head)."""
     second, why = load_second(config.second_backbone)
-    if second is not None:
-        fused = fit(base, cache, second_cache(backbone, second, cache_dir), train, valid, thumbnail_size)
-        fused.note["second opinion"] = second.name
-        return fused, f" + frozen {second.name} features for naming"
-    fused = fit(base, cache, None, train, valid, thumbnail_size, bank_tau=config.bank_tau)
-    fused.note["second opinion"] = f"none ({why})"
-    return fused, (f"; named by the nearest training photos (bank vote, tau {config.bank_tau:g})"
-                   if config.bank_tau is not None else "")
+    opinion = None if second is None else second_cache(backbone, second, cache_dir)
+    fused = fit(base, cache, opinion, train, valid, thumbnail_size, bank_tau=config.bank_tau)
+    fused.note["second opinion"] = second.name if second is not None else f"none ({why})"
+    words = [f"frozen {second.name} features"] if second is not None else []
+    if config.bank_tau is not None:
+        words.append(f"the nearest training photos (bank vote, tau {config.bank_tau:g})")
+    return fused, (f"; named by {' + '.join(words)}" if words else "")
 
 
 def report_note(fused: Fused, base_valid: dict, valid_named: dict, record: Path | None = None) -> dict | None:
@@ -223,14 +227,23 @@ def report_note(fused: Fused, base_valid: dict, valid_named: dict, record: Path 
     head's and the cross-validation that chose it (None: named by the linear head)."""
     if fused.own_head:
         return None
-    how = (f"frozen {fused.note['second opinion']} features beside the fine-tuned ones" if fused.second is not None
-           else f"the soft vote of the nearest training photos and thumbnails (tau {fused.note['bank tau']:g})")
+    ways = ([f"frozen {fused.note['second opinion']} features beside the fine-tuned ones"] if fused.second is not None
+            else [])
+    if "bank tau" in fused.note:
+        ways.append(f"the soft vote of the nearest training photos and thumbnails (tau {fused.note['bank tau']:g})")
+    how = ", logits added to ".join(ways)
     return {"named by": how, **{k: v for k, v in fused.note.items() if k not in ("second opinion", "bank tau")},
             "validation accuracy, linear head (photos)": round(base_valid["photos"], 4),
             "validation accuracy, linear head (thumbnails)": round(base_valid["thumbnails"], 4),
             "validation accuracy as named (photos)": round(valid_named["photos"], 4),
             "validation accuracy as named (thumbnails)": round(valid_named["thumbnails"], 4),
-            **cross_validation_summary(CV_RECORD if record is None else record, "fused" if fused.second else "bank")}
+            **cross_validation_summary(CV_RECORD if record is None else record, cv_row(fused))}
+
+
+def cv_row(fused: Fused) -> str:
+    """`fused`'s row in the cross-validation record."""
+    return {(True, True): "fused + bank", (True, False): "fused", (False, True): "bank"}.get(
+        (fused.second is not None, "bank tau" in fused.note), "base")
 
 
 # ----------------------------------------------------------------------- the choice, by CV
@@ -239,8 +252,8 @@ CV_RECORD = Path(__file__).resolve().parents[1] / "models" / "fusion_cv.json"  #
 
 
 def cross_validation_summary(path: Path = CV_RECORD, way: str = "fused") -> dict:
-    """The recorded cross-validation of one way of naming ("fused" or "bank") against the linear head
-    ("base"), as summary lines."""
+    """The recorded cross-validation of one way of naming ("fused", "bank" or "fused + bank") against
+    the linear head ("base"), as summary lines."""
     import json
 
     if not Path(path).is_file():
@@ -259,9 +272,10 @@ def cross_validation_summary(path: Path = CV_RECORD, way: str = "fused") -> dict
 def cross_validate(base_top: nn.Module, cache: ActivationCache, second: ActivationCache, images: torch.Tensor,
                    labels: torch.Tensor, tune, thumbnail_size: int, *, folds: int = 5, C: float = 0.3,
                    bank_tau: float = 0.02, seed: int = 0, progress: Callable[[str], None] = print) -> dict:
-    """Stratified k-fold accuracy, photos and thumbnails, of three ways to name them: the fine-tuned
+    """Stratified k-fold accuracy, photos and thumbnails, of four ways to name them: the fine-tuned
     base's linear head ("base"), the soft vote of its bank of the fold's training photos and thumbnails
-    at `bank_tau` ("bank"), and with the second opinion ("fused"). In each fold the base fine-tunes on
+    at `bank_tau` ("bank"), with the second opinion ("fused"), and the last two's logits added
+    ("fused + bank", `export.SumHead`). In each fold the base fine-tunes on
     the fold's photos and thumbnails (the shipped recipe, last epoch); a logistic head of strength `C`
     reads both networks' features."""
     from landmark_classifier.src.transfer import starting_head, stratified_folds
@@ -269,7 +283,7 @@ def cross_validate(base_top: nn.Module, cache: ActivationCache, second: Activati
     photos, thumbs = cache(images, desc="photos"), cache(openset.thumbnails(images, thumbnail_size), desc="thumbnails")
     extra = [_mean(second(images, desc="second: photos")),
              _mean(second(openset.thumbnails(images, thumbnail_size), desc="second: thumbnails"))]
-    wrong = {name: {"photos": 0, "thumbnails": 0} for name in ("base", "bank", "fused")}
+    wrong = {name: {"photos": 0, "thumbnails": 0} for name in ("base", "bank", "fused", "fused + bank")}
     per_fold = []
     for number, (fit_idx, held) in enumerate(stratified_folds(labels, folds, seed)):
         acts = Activations.join(photos.subset(fit_idx), thumbs.subset(fit_idx))
@@ -286,6 +300,7 @@ def cross_validate(base_top: nn.Module, cache: ActivationCache, second: Activati
             with torch.no_grad():
                 named = {"base": linear(held_own), "bank": bank(held_own),
                          "fused": head.linear(torch.cat([held_own, held_extra], 1))}
+                named["fused + bank"] = named["fused"] + named["bank"]  # as SumHead
             for name, logits in named.items():
                 missed = int((logits.argmax(1) != labels[held]).sum())
                 wrong[name][kind] += missed

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.backbones import LITE_BACKBONES, Backbone, load_backbone
+from common.backbones import LITE_BACKBONES, Backbone, load_backbone, store_half, stored_half
 from common.memory import PeakMemory
 from common.training import History
 from common.transfer import (ActivationCache, Activations, Classifier, FinetuneConfig, LiteTop, LiteTrunk, Prepare,
@@ -51,6 +51,9 @@ class TransferConfig:
     # `export.BankHead`, at this tau) instead of the linear head: better by cross-validation (`fusion.py`),
     # at no file size (the open-set score already ships the bank); None: the linear head.
     bank_tau: float | None = 0.02
+    # Store the frozen trunk's weights float16 (`common.backbones.store_half`; float32 arithmetic):
+    # Lite2's trunk takes 6 MB less in each file, the room a second opinion needs under the 30 MB cap.
+    half_trunk: bool = True
 
 
 # Published multiply-adds per image at the native input size (billions), for projecting costs.
@@ -116,8 +119,11 @@ def prepare(backbone: Backbone, train: tuple[torch.Tensor, torch.Tensor], valid:
     `train` and `valid` are uint8 squares decoded at the backbone's resize size; the trunk sees
     their centre crop, normalised, as the exported predictor does."""
     trunk, top = split(backbone, config.top_blocks)
+    if config.half_trunk:
+        store_half(trunk)
     path = None if cache_dir is None else (
-        Path(cache_dir) / f"trunk_pairs_{backbone.name}_top{config.top_blocks}_crop{backbone.input_size}.pt")
+        Path(cache_dir) / f"trunk_pairs_{backbone.name}_top{config.top_blocks}_crop{backbone.input_size}"
+                          f"{'_w16' if stored_half(trunk) else ''}.pt")
     cache = ActivationCache(Prepare(backbone, backbone.input_size, "crop"), trunk, path, batch_size=config.batch_size)
     acts = {name: cache(images, desc=f"{backbone.name} {name}") for name, (images, _) in (("train", train),
                                                                                         ("valid", valid))}
