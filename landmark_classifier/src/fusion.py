@@ -1,41 +1,36 @@
 """What names the photos: the fine-tuned Lite2's linear head, the soft vote of its nearest training
-photos (shipped), or a second opinion (a frozen second backbone's features beside Lite2's).
+photos, a second opinion (a frozen second backbone's features beside Lite2's), or the last two with
+their logits added (shipped in the full profile).
 
-Naming by the bank (`export.BankHead`, on in every profile: `TransferConfig.bank_tau`). The file
-already carries the training photos' and thumbnails' normalised features for its knn score; each class
-scores log sum exp(cosine / tau) over its photos there, so a photo is named after the known photos it
-is most like. Better than the linear head by the same cross-validation as below (the `bank` row of
-`models/fusion_cv.json`), at no file size and one more small product per photo. Its temperature is
-refitted on validation; "no known landmark" is decided as before.
+The bank's vote (`export.BankHead`, `TransferConfig.bank_tau`). The file already carries the training
+photos' and thumbnails' normalised features for its knn score; each class scores
+log sum exp(cosine / tau) over its photos there, so a photo is named after the known photos it is
+most like, at no file size.
 
-The second opinion:
+The second opinion (`TransferConfig.second_backbone`). A logistic head on Lite2's features *and* a
+frozen ImageNet MobileNetV2's features of the same view: two networks trained differently make
+different mistakes. The second network sees exactly the served view: the Lite2 crop (its
+normalisation undone), resized to its own input size and normalised its way (`SecondOpinion`),
+inside the same exported graph. Its weights, like Lite2's frozen trunk's, are stored float16
+(`common.backbones.store_half`): at float32 each file would be 35 MB, over the 30 MB a committed
+model may take (`export.MAX_FILE_MB`).
 
-The shipped classifier is EfficientNet-Lite2 with its last two blocks fine-tuned. A logistic head
-on its features *and* a frozen ImageNet MobileNetV2's features of the same view names more photos
-right: two networks trained differently make different mistakes. Chosen by 5-fold cross-validation
-on the training and validation photos pooled (1,657 GLDv2 photos, five times the validation set; the
-test photos are not read), `python -m landmark_classifier.src.fusion`, 2026-12-06:
+Both (`export.SumHead`): the fused head's logits plus the bank's, a product of the two
+distributions. Chosen by 5-fold cross-validation on the training and validation photos pooled
+(1,657 GLDv2 photos, five times the validation set; the test photos are not read),
+`python -m landmark_classifier.src.fusion`, 2026-12-07, frozen weights stored float16:
 
-    fine-tuned Lite2, linear head     96.20 % of the photos (63 wrong), thumbnails 93.00 % (116 wrong)
-    named by the bank (tau 0.02)      96.80 % (53 wrong),              thumbnails 93.66 % (105 wrong)
-    + frozen MobileNetV2 features     96.86 % (52 wrong),              thumbnails 94.33 % (94 wrong)
+    fine-tuned Lite2, linear head     96.14 % of the photos (64 wrong), thumbnails 93.36 % (110 wrong)
+    named by the bank (tau 0.02)      96.86 % (52 wrong),              thumbnails 93.66 % (105 wrong)
+    + frozen MobileNetV2 features     96.80 % (53 wrong),              thumbnails 94.33 % (94 wrong)
+    both, logits added (shipped)      97.40 % (43 wrong),              thumbnails 94.33 % (94 wrong)
 
-(rerun 2026-12-07 with the bank row: base and fused reproduced exactly). The bank is never worse than
-the linear head in a fold (photos: equal in one, better in four); the second opinion is better in
-four of the five folds, 0.3 points worse in one (that run's JSON, per fold included, is
-`landmark_classifier/models/fusion_cv.json`; the notebook reports it).
-Not shipped by default (`TransferConfig.second_backbone` is None in every profile): each committed
-file would be 35 MB, over the 30 MB a committed model may take (`export.MAX_FILE_MB`), and the tagger
-ran a third fewer photos a second (54.8 vs 81.7 on the test photos, `tag_benchmark`); the run with it
-(2026-12-06, commit 7802cce) had the same test accuracy as the run without it, 98.55%, with two of
-the six photos it missed different.
-Set `second_backbone="mobilenet_v2"` to ship it.
+Both beat the bank alone in four folds of five (one photo worse in the other); the JSON, per fold
+included, is `landmark_classifier/models/fusion_cv.json` (the notebook reports it). The cost: the
+tagger reads every photo with a second network (`tag_benchmark` has the rate).
 
-With it, only naming changes: "no known landmark" is still decided on the Lite2 features alone
-(`export.OpenSetRule.feature_dims`), the score the held-out-class protocol measured.
-
-The second network sees exactly the served view: the Lite2 crop (its normalisation undone), resized
-to its own input size and normalised its way (`SecondOpinion`), inside the same exported graph.
+With a second opinion, only naming changes: "no known landmark" is still decided on the Lite2
+features alone (`export.OpenSetRule.feature_dims`), the score the held-out-class protocol measured.
 """
 from __future__ import annotations
 
