@@ -288,13 +288,13 @@ def _scriptable(model: nn.Module, crop_size: int) -> tuple[nn.Module, str]:
     changes). Weights stored half (`store_half`, a parametrization) script but fail to run: traced."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            if stored_half(model):
-                raise TypeError("parametrized weights: trace")
-            return torch.jit.script(model), "scripted"
-        except Exception:  # noqa: BLE001 - TorchScript raises many types for unsupported Python
-            example = torch.zeros(2, 3, crop_size, crop_size)
-            return torch.jit.trace(model, example, check_trace=False), "traced"
+        if not stored_half(model):
+            try:
+                return torch.jit.script(model), "scripted"
+            except Exception:  # noqa: BLE001 - TorchScript raises many types for unsupported Python
+                pass
+        example = torch.zeros(2, 3, crop_size, crop_size)
+        return torch.jit.trace(model, example, check_trace=False), "traced"
 
 
 @dataclass(frozen=True)

@@ -310,7 +310,7 @@ def cross_validate(base_top: nn.Module, cache: ActivationCache, second: Activati
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m landmark_classifier.src.fusion: the fused head against the base alone, by k-fold CV."""
+    """python -m landmark_classifier.src.fusion: the ways of naming photos, by k-fold CV."""
     import argparse
     import json
     from dataclasses import replace as with_
@@ -321,9 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     from landmark_classifier.src.transfer import prepare
 
     parser = argparse.ArgumentParser(prog="python -m landmark_classifier.src.fusion", description=(
-        "Cross-validate naming by the fine-tuned backbone alone against its features fused with a frozen "
-        "second backbone's, on the training and validation photos pooled (the test photos are not read). "
-        "The full profile's backbone and recipe."))
+        "Cross-validate four ways of naming photos: the fine-tuned backbone's linear head, the soft vote of "
+        "its nearest training photos (the bank), a head on its features and a frozen second backbone's, and "
+        "the last two's logits added; on the training and validation photos pooled (the test photos are not "
+        "read), with the full profile's backbone and recipe."))
     parser.add_argument("--data-dir", default=None, help="default: $DATA_DIR, else <repo>/data")
     parser.add_argument("--dataset", default="landmark_gldv2", help="a folder under DATA_DIR (Udacity layout)")
     parser.add_argument("--backbone", default="efficientnet_lite2")
