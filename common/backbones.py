@@ -190,21 +190,40 @@ def store_half(module: nn.Module) -> int:
     Runtime folds at load; a traced TorchScript file stores the float16 tensor), while the arithmetic
     stays float32. The eager module reads the same rounded weights, so it and its files agree
     exactly; rounding moves a pretrained network's features by ~1e-3 relative, as float16 inference
-    does. Not for weights being trained (they stay frozen). Modules already stored half are skipped.
-    Returns how many weights it converted. TorchScript cannot script the result: trace it."""
+    does. Frozen weights only (a weight that requires grad is a ValueError); a weight shared by two
+    layers stays shared; weights already stored half are skipped. Returns how many weights it
+    converted. TorchScript cannot script the result (trace it), and the module no longer pickles
+    whole (`torch.save(module)`): save its `state_dict` (keys `...parametrizations.weight.original`)."""
     from torch.nn.utils import parametrize
 
+    halves: dict[int, nn.Parameter] = {}  # id of a float32 weight -> its float16 copy (shared weights)
     converted = 0
-    for layer in module.modules():
-        if isinstance(layer, (nn.Conv2d, nn.Linear)) and not parametrize.is_parametrized(layer, "weight"):
-            layer.weight = nn.Parameter(layer.weight.detach().half(), requires_grad=False)
-            parametrize.register_parametrization(layer, "weight", _AsFloat32(), unsafe=True)
+    for name, layer in module.named_modules():
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)) or _half(layer):
+            continue
+        if layer.weight.requires_grad:
+            raise ValueError(f"store_half: {name or 'the module'}'s weight is being trained; freeze it first")
+        key = id(layer.weight)
+        if key not in halves:
+            halves[key] = nn.Parameter(layer.weight.detach().half(), requires_grad=False)
             converted += 1
+        layer.weight = halves[key]
+        parametrize.register_parametrization(layer, "weight", _AsFloat32(), unsafe=True)
     return converted
 
 
-def stored_half(module: nn.Module) -> bool:
-    """Whether any weight of `module` is stored float16 by `store_half`."""
+def _half(layer: nn.Module) -> bool:
     from torch.nn.utils import parametrize
 
-    return any(parametrize.is_parametrized(layer) for layer in module.modules())
+    return parametrize.is_parametrized(layer, "weight") and any(
+        isinstance(p, _AsFloat32) for p in layer.parametrizations.weight)
+
+
+def stored_half(module: nn.Module) -> bool:
+    """Whether any weight of `module` is stored float16 by `store_half` (not other parametrizations)."""
+    return any(_half(layer) for layer in module.modules())
+
+
+def half_suffix(module: nn.Module) -> str:
+    """"_w16" for a module stored half, else "": for cache file names (the rounded weights' outputs differ)."""
+    return "_w16" if stored_half(module) else ""

@@ -89,8 +89,8 @@ def test_a_fused_upright_file_names_with_both_and_scores_the_open_set_on_the_fir
     torch.manual_seed(2)
     bank = torch.nn.functional.normalize(torch.randn(12, 6), dim=1)
     # named by the fused head's logits plus the bank's vote, which reads the first network's features
-    head = export.SumHead(nn.Linear(6 + 5, 3), export.BankHead(bank, torch.arange(12) % 3, 3, 0.05))
-    model = fusion.FusedClassifier(toy.trunk, toy.top, head, second).eval()
+    named_by = export.SumHead(nn.Linear(6 + 5, 3), export.BankHead(bank, torch.arange(12) % 3, 3, 0.05))
+    model = fusion.FusedClassifier(toy.trunk, toy.top, named_by, second).eval()
     rule = export.OpenSetRule("knn", 1.5, -0.7, bank=bank, k=2, feature_dims=6)
     preprocessing = export.Preprocessing(40, 32, (0.5,) * 3, (0.25,) * 3, mirror=True)
     card = export.ModelCard(tiny_dataset.class_names, "toy fused", {}, tiny_dataset.display_names)
@@ -115,7 +115,11 @@ def test_a_fused_upright_file_names_with_both_and_scores_the_open_set_on_the_fir
     assert exported.metadata["open_set"]["feature_dims"] == 6
     assert np.allclose(outputs["orientation"], [[0, 1, 0, 0]] * 2, atol=1e-6)
     assert exported.metadata["orientation"]["rerun_below"] == 0.3
-    assert len(torch.jit.load(str(exported.torchscript_path))(x)) == 3
+    assert eager.score.bank is named_by.bank.bank  # the knn score and the bank's vote share one stored bank
+    with torch.no_grad():
+        scripted = torch.jit.load(str(exported.torchscript_path))(x)  # the half second opinion, traced
+    assert len(scripted) == 3 and np.allclose(scripted[0].numpy(), probabilities.numpy(), atol=1e-4)
+    assert np.allclose(scripted[1].numpy(), score.numpy(), atol=1e-3)
     photo = next((tiny_dataset.root / "test").rglob("*.jpg"))  # the file's answer: the photo turned back once
     assert predictor.predict(predictor.load(exported.onnx_path), photo, k=3).turned_back == 1
 

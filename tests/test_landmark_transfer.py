@@ -54,3 +54,23 @@ def test_a_backbone_that_would_overrun_the_budget_is_skipped_with_the_reason(mon
     calls.clear()
     transfer.compare(transfer.TransferConfig(budget_seconds=None), lambda backbone: ((None, None), (None, None)))
     assert calls == list(transfer.GIGA_FLOPS)
+
+
+def test_prepare_stores_the_frozen_trunk_half_and_keys_its_cache_so(tmp_path):
+    """half_trunk: the trunk's weights float16 (the file's room for a second opinion), the fine-tuned
+    top's untouched; the activation cache is named for it, so float32 activations are never reused."""
+    from common.backbones import efficientnet_lite, stored_half
+
+    backbone = efficientnet_lite(0, pretrained=False)
+    images = torch.randint(0, 256, (4, 3, backbone.input_size, backbone.input_size), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 0, 1])
+    config = transfer.TransferConfig(backbones=(backbone.name,), top_blocks=1)
+    data = transfer.prepare(backbone, (images, labels), (images[:2], labels[:2]), config, tmp_path)
+    assert stored_half(data.trunk) and not stored_half(data.top)
+    assert any(p.requires_grad is False and p.dtype == torch.float16 for p in data.trunk.parameters())
+    assert all(p.dtype == torch.float32 for p in data.top.parameters())
+    assert [p.name for p in tmp_path.glob("trunk_pairs_*.pt")] == [f"trunk_pairs_{backbone.name}_top1_crop224_w16.pt"]
+    assert data.train.plain.shape[0] == 4
+    plain = transfer.prepare(efficientnet_lite(0, pretrained=False), (images, labels), (images[:2], labels[:2]),
+                             transfer.TransferConfig(backbones=(backbone.name,), top_blocks=1, half_trunk=False), tmp_path)
+    assert not stored_half(plain.trunk) and (tmp_path / f"trunk_pairs_{backbone.name}_top1_crop224.pt").is_file()

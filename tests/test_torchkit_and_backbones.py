@@ -170,7 +170,7 @@ def test_store_half_keeps_frozen_weights_float16_the_same_in_eager_onnx_and_torc
     def net() -> nn.Module:
         torch.manual_seed(0)
         return nn.Sequential(nn.Conv2d(3, 64, 3), nn.BatchNorm2d(64), nn.ReLU(), nn.Conv2d(64, 64, 3),
-                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 32)).eval()
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 32)).eval().requires_grad_(False)
 
     full, half = net(), net()
     assert backbones.store_half(half) == 3 and backbones.stored_half(half) and not backbones.stored_half(full)
@@ -196,3 +196,17 @@ def test_store_half_keeps_frozen_weights_float16_the_same_in_eager_onnx_and_torc
     torch.jit.save(traced, str(tmp_path / "half.pt"))
     with torch.no_grad():
         assert torch.allclose(torch.jit.load(str(tmp_path / "half.pt"))(x), half(x), atol=1e-6)
+
+
+def test_store_half_refuses_trained_weights_keeps_shared_ones_shared_and_knows_its_own():
+    from torch import nn
+
+    with pytest.raises(ValueError, match="0's weight is being trained"):
+        backbones.store_half(nn.Sequential(nn.Linear(4, 4)))
+    tied = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)).requires_grad_(False)
+    tied[1].weight = tied[0].weight
+    assert backbones.store_half(tied) == 1  # one stored tensor, still shared
+    assert tied[0].parametrizations.weight.original is tied[1].parametrizations.weight.original
+    normed = torch.nn.utils.parametrizations.weight_norm(nn.Linear(4, 4))
+    assert not backbones.stored_half(normed) and backbones.half_suffix(normed) == ""
+    assert backbones.half_suffix(tied) == "_w16"

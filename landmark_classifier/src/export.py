@@ -227,7 +227,7 @@ class ServingModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.preprocess(x)
-        if self.mirror:  # the head is linear (or the identity): mean features give the mean logits
+        if self.mirror:  # the head reads the mean features of the image and its mirror (as training did)
             count = x.shape[0]
             features = self.features(torch.cat([x, x.flip(3)]))
             features = (features[:count] + features[count:]) / 2
@@ -360,10 +360,10 @@ def export_predictor(model: nn.Module, preprocessing: Preprocessing, card: Model
             second, _ = _scriptable(serving.second, preprocessing.crop_size)
         scripted = UprightServingModel(trunk, top, serving.head, serving.orientation, preprocessing, class_names,
                                        rule, second).eval()
-    torchscript_path, _ = save_torchscript(scripted, folder / f"{stem}.pt", example)
+    torchscript_path, wrapper = save_torchscript(scripted, folder / f"{stem}.pt", example)
     sizes = {p: p.stat().st_size / 2**20 for p in (onnx_path, torchscript_path)}
     for path, size in sizes.items():
         if size > MAX_FILE_MB:
             raise ValueError(f"{path} is {size:.1f} MB, over the {MAX_FILE_MB} MB a committed predictor may take")
-    return Exported(onnx_path, torchscript_path, f"{how} model in a scripted wrapper", round(sizes[onnx_path], 1),
+    return Exported(onnx_path, torchscript_path, f"{how} model in a {wrapper} wrapper", round(sizes[onnx_path], 1),
                     round(sizes[torchscript_path], 1), metadata)

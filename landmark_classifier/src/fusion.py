@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.backbones import Backbone, load_backbone, store_half, stored_half
+from common.backbones import Backbone, half_suffix, load_backbone, store_half
 from common.transfer import ActivationCache, Activations, Classifier, Prepare, fit_logistic_head, fit_top, mirror_mean
 from landmark_classifier.src import openset
 from landmark_classifier.src.export import BankHead, SumHead
@@ -90,7 +90,7 @@ def second_cache(first: Backbone, second: Backbone, cache_dir: Path | None, batc
     """The second opinion's features of photos (and their mirrors), cached per photo like the trunk's."""
     opinion = SecondOpinion(second, first.mean, first.std)
     path = None if cache_dir is None else (Path(cache_dir) / f"second_{second.name}_for_{first.name}_crop"
-                                           f"{first.input_size}{'_w16' if stored_half(opinion) else ''}.pt")
+                                           f"{first.input_size}{half_suffix(opinion)}.pt")
     return ActivationCache(Prepare(first, first.input_size, "crop"), opinion, path, batch_size=batch_size)
 
 
@@ -292,10 +292,10 @@ def cross_validate(base_top: nn.Module, cache: ActivationCache, second: Activati
         for kind, held_acts, held_extra in (("photos", photos.subset(held), extra[0][held]),
                                             ("thumbnails", thumbs.subset(held), extra[1][held])):
             held_own = mirror_mean(top, held_acts)
+            joined_held = torch.cat([held_own, held_extra], 1)
             with torch.no_grad():
-                named = {"base": linear(held_own), "bank": bank(held_own),
-                         "fused": head.linear(torch.cat([held_own, held_extra], 1))}
-                named["fused + bank"] = named["fused"] + named["bank"]  # as SumHead
+                named = {"base": linear(held_own), "bank": bank(held_own), "fused": head.linear(joined_held),
+                         "fused + bank": SumHead(head.linear, bank)(joined_held)}  # the module that ships
             for name, logits in named.items():
                 missed = int((logits.argmax(1) != labels[held]).sum())
                 wrong[name][kind] += missed

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.backbones import LITE_BACKBONES, Backbone, load_backbone, store_half, stored_half
+from common.backbones import LITE_BACKBONES, Backbone, half_suffix, load_backbone, store_half
 from common.memory import PeakMemory
 from common.training import History
 from common.transfer import (ActivationCache, Activations, Classifier, FinetuneConfig, LiteTop, LiteTrunk, Prepare,
@@ -123,7 +123,7 @@ def prepare(backbone: Backbone, train: tuple[torch.Tensor, torch.Tensor], valid:
         store_half(trunk)
     path = None if cache_dir is None else (
         Path(cache_dir) / f"trunk_pairs_{backbone.name}_top{config.top_blocks}_crop{backbone.input_size}"
-                          f"{'_w16' if stored_half(trunk) else ''}.pt")
+                          f"{half_suffix(trunk)}.pt")
     cache = ActivationCache(Prepare(backbone, backbone.input_size, "crop"), trunk, path, batch_size=config.batch_size)
     acts = {name: cache(images, desc=f"{backbone.name} {name}") for name, (images, _) in (("train", train),
                                                                                         ("valid", valid))}
