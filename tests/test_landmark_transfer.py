@@ -71,6 +71,3 @@ def test_prepare_stores_the_frozen_trunk_half_and_keys_its_cache_so(tmp_path):
     assert all(p.dtype == torch.float32 for p in data.top.parameters())
     assert [p.name for p in tmp_path.glob("trunk_pairs_*.pt")] == [f"trunk_pairs_{backbone.name}_top1_crop224_w16.pt"]
     assert data.train.plain.shape[0] == 4
-    plain = transfer.prepare(efficientnet_lite(0, pretrained=False), (images, labels), (images[:2], labels[:2]),
-                             transfer.TransferConfig(backbones=(backbone.name,), top_blocks=1, half_trunk=False), tmp_path)
-    assert not stored_half(plain.trunk) and (tmp_path / f"trunk_pairs_{backbone.name}_top1_crop224.pt").is_file()
