@@ -181,6 +181,39 @@ def test_fit_with_the_bank_names_by_it_with_its_own_temperature():
         fusion.fit(unlabelled, first, None, train, valid, thumbnail_size=8, bank_tau=0.02)
 
 
+def test_the_refit_names_with_the_refitted_bank_and_keeps_c_and_temperature():
+    """fusion.refit over a base refitted on more photos: the fused head's C kept and refitted on the
+    pooled photos, the bank now the refitted base's (the one the knn rule reads), temperature kept."""
+    first = _Cache(lambda x: torch.stack([x[:, 0] - 128, torch.full_like(x[:, 0], 30.0)], 1))
+    top = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    second = _Cache(lambda x: x.mean((2, 3)) / 255)
+
+    def base_on(images, labels):
+        acts = first(torch.cat([images, openset.thumbnails(images, 8)]))
+        features = (top(acts.plain) + top(acts.mirror)) / 2
+        return SimpleNamespace(top=top, head=nn.Linear(2, 3), temperature=1.0,
+                               knn=openset.KNN(features, 1, torch.cat([labels, labels])))
+
+    train, valid = _photos(90, 0), _photos(45, 1)
+    pooled = (torch.cat([train[0], valid[0]]), torch.cat([train[1], valid[1]]))
+    summed = fusion.fit(base_on(*train), first, second, train, valid, thumbnail_size=8, bank_tau=0.02)
+    bigger = base_on(*pooled)
+    refit = fusion.refit(summed, bigger, pooled, thumbnail_size=8)
+    assert isinstance(refit.head, export.SumHead) and refit.head.bank.bank.shape[0] == 2 * 135
+    assert (refit.temperature, refit.note) == (summed.temperature, summed.note)
+    px, py = fusion.both(*pooled, 8)
+    again = fusion.fit(bigger, first, second, pooled, pooled, thumbnail_size=8, Cs=(summed.note["C"],), bank_tau=0.02)
+    assert torch.allclose(refit.head.linear.weight, again.head.linear.weight)  # the kept C, the pooled photos
+    assert not torch.allclose(refit.head.linear.weight, summed.head.linear.weight)
+    test_images, test_labels = _photos(45, 2)
+    assert refit.accuracy(test_images, test_labels) > 0.9
+    bank_only = fusion.refit(fusion.fit(base_on(*train), first, None, train, valid, 8, bank_tau=0.02), bigger, pooled, 8)
+    assert isinstance(bank_only.head, export.BankHead) and bank_only.head.bank.shape[0] == 2 * 135
+    plain = SimpleNamespace(top=top, head=nn.Linear(2, 3), temperature=1.7)
+    kept = fusion.refit(fusion.fit(plain, first, None, train, valid, 8), bigger, pooled, 8)
+    assert kept.own_head and kept.head is bigger.head and kept.temperature == 1.7
+
+
 def test_a_file_named_by_the_bank_stores_it_once_and_equals_eager(tiny_dataset, tmp_path):
     toy = toy_classifier()
     torch.manual_seed(3)

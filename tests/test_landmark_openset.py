@@ -103,6 +103,33 @@ def test_k_of_knn_is_chosen_like_a_method_and_shipped():
         model.scores(valid.photos, "knn")
 
 
+def test_the_refit_learns_from_validation_too_and_keeps_what_validation_chose():
+    """refit_model: the validation model's C and temperature, every pooled photo in its statistics,
+    and it learns from the validation photos; refit_rule keeps the threshold, reads the refit's bank."""
+    torch.manual_seed(0)
+    train, valid = _known(3, 20, 1), _known(3, 8, 2)
+    config, tune = openset.OpenSetConfig(knn_ks=(1, 3)), FinetuneConfig(epochs=2, lr=1e-2, batch_size=16)
+    model = openset.fit_model(_top(), train, valid, tune, config)
+    assert model.C in (0.3, 1.0)
+    pooled = openset.Known.join(train, valid)
+    assert torch.equal(pooled.labels, torch.cat([train.labels, valid.labels]))
+    refit = openset.refit_model(model, _top(), pooled, tune, config)
+    assert (refit.C, refit.temperature) == (model.C, model.temperature)
+    assert len(refit.knn.bank) == 2 * (60 + 24)  # photos and thumbnails, training and validation
+    # a validation photo is now in the bank: its nearest neighbour is itself
+    assert refit.scores(valid.photos, "knn k=1")[0] == pytest.approx(0, abs=1e-3)
+    assert model.scores(valid.photos, "knn k=1")[0].max() < -1e-2
+    knn = openset.rule_for(model, "knn k=3", valid, config)
+    moved = openset.refit_rule(knn, refit)
+    assert moved.bank is refit.knn.bank and (moved.threshold, moved.temperature, moved.k) == (knn.threshold, knn.temperature, 3)
+    maha = openset.refit_rule(openset.rule_for(model, "mahalanobis", valid, config), refit)
+    assert torch.allclose(maha.means, torch.from_numpy(refit.mahalanobis.means).float())
+    msp = openset.rule_for(model, "msp", valid, config)
+    assert openset.refit_rule(msp, refit) is msp
+    with pytest.raises(ValueError, match="C"):
+        openset.refit_model(openset.Fitted(model.top, model.head, model.mahalanobis, model.knn), _top(), pooled, tune, config)
+
+
 def test_outlier_exposure_lowers_the_confidence_on_outliers():
     torch.manual_seed(0)
     train, valid = _known(3, 20, 1), _known(3, 8, 2)

@@ -185,19 +185,39 @@ def fit(base: openset.Fitted, cache: ActivationCache, second: ActivationCache | 
     if second is None and bank_tau is None:
         return Fused(base, cache, None, base.head, base.temperature, {"second opinion": None})
     (vx, vy) = both(*valid, thumbnail_size)
-    if second is None:
-        named = Fused(base, cache, None, bank_head(base, bank_tau), 1.0, {"bank tau": bank_tau})
-    else:
-        draft = Fused(base, cache, second, base.head, 1.0)
-        (tx, ty) = both(*train, thumbnail_size)
-        head = fit_logistic_head(draft.features(tx), ty, draft.features(vx), vy, Cs)
-        named = Fused(base, cache, second, head.linear, 1.0,
-                      {"C": head.C, "validation accuracy by C (photos and thumbnails)": head.searched})
-        if bank_tau is not None:
-            named.head = SumHead(head.linear, bank_head(base, bank_tau))
-            named.note["bank tau"] = bank_tau
+    named = _named(base, cache, second, both(*train, thumbnail_size), (vx, vy), Cs, bank_tau)
     with torch.no_grad():
         named.temperature = openset.fit_temperature(named.head(named.features(vx)), vy)
+    return named
+
+
+def _named(base: openset.Fitted, cache: ActivationCache, second: ActivationCache | None, train, valid,
+           Cs: tuple[float, ...], bank_tau: float | None) -> Fused:
+    """`fit`'s heads (temperature 1) on `train` photos and thumbnails, C chosen on `valid`'s."""
+    if second is None:
+        return Fused(base, cache, None, bank_head(base, bank_tau), 1.0, {"bank tau": bank_tau})
+    draft = Fused(base, cache, second, base.head, 1.0)
+    (tx, ty), (vx, vy) = train, valid
+    head = fit_logistic_head(draft.features(tx), ty, draft.features(vx), vy, Cs)
+    named = Fused(base, cache, second, head.linear, 1.0,
+                  {"C": head.C, "validation accuracy by C (photos and thumbnails)": head.searched})
+    if bank_tau is not None:
+        named.head = SumHead(head.linear, bank_head(base, bank_tau))
+        named.note["bank tau"] = bank_tau
+    return named
+
+
+def refit(fused: Fused, base: openset.Fitted, pooled: tuple[torch.Tensor, torch.Tensor], thumbnail_size: int) -> Fused:
+    """`fused`'s way of naming run again over `base` refitted on the training and validation photos
+    (`openset.refit_model`), on those photos (`pooled`: uint8 images, labels) and their thumbnails:
+    the fused head's C as validation chose it, the bank now `base`'s, `fused`'s temperature kept
+    (fitted with validation held out)."""
+    if fused.own_head:
+        return Fused(base, fused.cache, None, base.head, fused.temperature, dict(fused.note))
+    photos = both(*pooled, thumbnail_size)
+    Cs = (fused.note["C"],) if fused.second is not None else ()
+    named = _named(base, fused.cache, fused.second, photos, photos, Cs, fused.note.get("bank tau"))
+    named.temperature, named.note = fused.temperature, dict(fused.note)  # what validation chose, kept
     return named
 
 
@@ -266,13 +286,17 @@ def cross_validation_summary(path: Path = CV_RECORD, way: str = "fused") -> dict
 
 def cross_validate(base_top: nn.Module, cache: ActivationCache, second: ActivationCache, images: torch.Tensor,
                    labels: torch.Tensor, tune, thumbnail_size: int, *, folds: int = 5, C: float = 0.3,
-                   bank_tau: float = 0.02, seed: int = 0, progress: Callable[[str], None] = print) -> dict:
+                   bank_tau: float = 0.02, seed: int = 0, share: float = 1.0,
+                   progress: Callable[[str], None] = print) -> dict:
     """Stratified k-fold accuracy, photos and thumbnails, of four ways to name them: the fine-tuned
     base's linear head ("base"), the soft vote of its bank of the fold's training photos and thumbnails
     at `bank_tau` ("bank"), with the second opinion ("fused"), and the last two's logits added
     ("fused + bank", `export.SumHead`). In each fold the base fine-tunes on
     the fold's photos and thumbnails (the shipped recipe, last epoch); a logistic head of strength `C`
-    reads both networks' features."""
+    reads both networks' features. `share` < 1 fits each fold on that stratified share of its
+    training part only (the same held-out photos): what more photos are worth (the refit's case)."""
+    from sklearn.model_selection import train_test_split
+
     from landmark_classifier.src.transfer import starting_head, stratified_folds
 
     photos, thumbs = cache(images, desc="photos"), cache(openset.thumbnails(images, thumbnail_size), desc="thumbnails")
@@ -281,6 +305,9 @@ def cross_validate(base_top: nn.Module, cache: ActivationCache, second: Activati
     wrong = {name: {"photos": 0, "thumbnails": 0} for name in ("base", "bank", "fused", "fused + bank")}
     per_fold = []
     for number, (fit_idx, held) in enumerate(stratified_folds(labels, folds, seed)):
+        if share < 1:
+            fit_idx = torch.as_tensor(train_test_split(fit_idx.numpy(), train_size=share, random_state=seed,
+                                                       stratify=labels[fit_idx].numpy())[0])
         acts = Activations.join(photos.subset(fit_idx), thumbs.subset(fit_idx))
         y = torch.cat([labels[fit_idx], labels[fit_idx]])
         top, linear, _ = fit_top(base_top, starting_head(base_top, acts, y, C), acts, y, None, None, tune)
@@ -303,7 +330,8 @@ def cross_validate(base_top: nn.Module, cache: ActivationCache, second: Activati
         per_fold.append(fold)
         progress(f"fold {number + 1}/{folds}: {fold}")
     total = len(labels)
-    return {"photos": total, "folds": folds, "C": C, "bank tau": bank_tau,
+    return {"photos": total, "folds": folds, "fitted on (share of each fold's training part)": share,
+            "C": C, "bank tau": bank_tau,
             **{name: {kind: {"accuracy": round(1 - n / total, 4), "wrong": n} for kind, n in counts.items()}
                for name, counts in wrong.items()},
             "per fold": per_fold}
@@ -332,9 +360,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--bank-tau", type=float, default=config_for("full").real.transfer.bank_tau or 0.02,
                         help="tau of the bank's soft nearest-neighbour vote (default: the full profile's, %(default)s)")
-    parser.add_argument("--json", type=Path, default=CV_RECORD,
-                        help="also write the result here (default: the record the notebook reports, %(default)s)")
+    parser.add_argument("--share", type=float, default=1.0,
+                        help="fit each fold on this stratified share of its training part (the same held-out photos): "
+                             "what more photos are worth, e.g. 0.8 (default: %(default)s, all of it)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help=f"also write the result here (default: {CV_RECORD}, the record the notebook reports; "
+                             "with --share below 1, fusion_cv_share<percent>.json beside it)")
     args = parser.parse_args(argv)
+    if not 0 < args.share <= 1:
+        parser.error(f"--share must be in (0, 1], got {args.share}")
+    if args.json is None:
+        args.json = CV_RECORD if args.share == 1 else CV_RECORD.with_name(f"fusion_cv_share{round(args.share * 100)}.json")
     landmarks = landmark_data.locate(paths.data_dir(args.data_dir), dataset=args.dataset)
     budget = config_for("full").budget(landmarks.stand_in)
     config, open_config = budget.transfer, budget.open_set
@@ -347,10 +383,12 @@ def main(argv: list[str] | None = None) -> int:
     images, labels = torch.cat([splits.train[0], splits.valid[0]]), torch.cat([splits.train[1], splits.valid[1]])
     tune = with_(config.finetune, label_smoothing=open_config.label_smoothing)
     result = cross_validate(prepared.top, prepared.cache, second_cache(first, second, CACHE_DIR), images, labels,
-                            tune, open_config.thumbnail_size, folds=args.folds, bank_tau=args.bank_tau)
+                            tune, open_config.thumbnail_size, folds=args.folds, bank_tau=args.bank_tau,
+                            share=args.share)
     result = {"data": landmarks.source, "backbone": first.name, "second": second.name,
               "recipe": f"fine-tuned last {config.top_blocks} blocks, {tune.epochs} epochs, photos and thumbnails",
-              "command": "python -m landmark_classifier.src.fusion", **result}
+              "command": "python -m landmark_classifier.src.fusion" + (f" --share {args.share:g}" if args.share < 1 else ""),
+              **result}
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:

@@ -62,6 +62,7 @@ class Shipped:
     train_seconds: float
     upright: dict | None = None  # the file's orientation rule (`orientation.Orientation.metadata`), if it has one
     fusion: dict | None = None   # how it names photos (`fusion.report_note`): what chose it, what it did on validation
+    refit: dict | None = None    # refitted on training + validation photos: on how many, what was kept, seconds
 
 
 @dataclass
@@ -130,7 +131,7 @@ def record_transfer(report_dir: str | os.PathLike, profile: str, data: LandmarkD
                  "transfer learning training seconds": round(run.train_seconds, 1),
                  "transfer learning comparison seconds (all candidates)": run.comparison_seconds,
                  "transfer learning test scored on": f"{exported.onnx_path.name} through predictor.py, from the photo files",
-                 **_upright_summary(run.shipped), **_fusion_summary(run.shipped)},
+                 **_upright_summary(run.shipped), **_fusion_summary(run.shipped), **_refit_summary(run.shipped)},
         tables=[report.table(CANDIDATES_TITLE, run.candidates_table()),
                 report.table("Transfer learning: test accuracy per class", per_class.round(4))],
         figures=run.figures,
@@ -152,6 +153,12 @@ def _fusion_summary(shipped: Shipped | None) -> dict:
     """How the file names photos (fusion.py), for the summary."""
     return {} if shipped is None or not shipped.fusion else {
         f"naming: {key}": value for key, value in shipped.fusion.items()}
+
+
+def _refit_summary(shipped: Shipped | None) -> dict:
+    """The refit on the training and validation photos, for the summary."""
+    return {} if shipped is None or not shipped.refit else {
+        f"refit: {key}": value for key, value in shipped.refit.items()}
 
 
 def _upright_summary(shipped: Shipped | None) -> dict:

@@ -54,6 +54,10 @@ class TransferConfig:
     # Store the frozen trunk's weights float16 (`common.backbones.store_half`; float32 arithmetic):
     # Lite2's trunk takes 6 MB less in each file, the room a second opinion needs under the 30 MB cap.
     half_trunk: bool = True
+    # Refit the shipped model on the training and validation photos once everything is chosen (its C,
+    # temperature, thresholds and rerun_below kept from the model fitted with validation held out):
+    # a quarter more photos to learn from (`openset.refit_model`, `fusion.refit`).
+    refit: bool = True
 
 
 # Published multiply-adds per image at the native input size (billions), for projecting costs.
