@@ -320,7 +320,8 @@ def refit_model(model: Fitted, top: nn.Module, pooled: Known, tune: FinetuneConf
     nothing left to choose: the starting head's strength C as validation chose it, the last epoch
     (what the cross-validation measured), and `model`'s temperature, fitted with validation held out.
     Its knn bank / class means hold every pooled photo. A quarter more photos is worth it: in the
-    5-fold CV, training on 80% of each fold's photos instead of all of them left 22% more wrong."""
+    5-fold CV of the shipped naming, fitting each fold on 80% of its photos instead of all of them left
+    57 of 1,657 photos wrong instead of 43 (models/fusion_cv_share80.json against fusion_cv.json)."""
     if model.C is None:
         raise ValueError("refit_model needs the model's C (fit it with fit_model)")
     acts, y = pooled.both()
