@@ -125,7 +125,10 @@ def test_the_refit_learns_from_validation_too_and_keeps_what_validation_chose():
     maha = openset.refit_rule(openset.rule_for(model, "mahalanobis", valid, config), refit)
     assert torch.allclose(maha.means, torch.from_numpy(refit.mahalanobis.means).float())
     msp = openset.rule_for(model, "msp", valid, config)
-    assert openset.refit_rule(msp, refit) is msp
+    kept = openset.refit_rule(msp, refit)
+    assert (kept.method, kept.threshold, kept.temperature) == ("msp", msp.threshold, msp.temperature)
+    assert "held out" in kept.metadata()["threshold and temperature from"]  # the file says where they came from
+    assert model.best_epoch in (1, 2) and refit.best_epoch is None
     with pytest.raises(ValueError, match="C"):
         openset.refit_model(openset.Fitted(model.top, model.head, model.mahalanobis, model.knn), _top(), pooled, tune, config)
 

@@ -253,6 +253,7 @@ class Fitted:
     knn: KNN
     temperature: float = 1.0
     C: float | None = None  # the starting head's strength, as validation chose it (`refit_model` reuses it)
+    best_epoch: int | None = None  # the fine-tuning epoch validation kept (None: the last, as `refit_model` keeps)
     seen: dict = field(default_factory=dict, repr=False)  # id(activations) -> (activations, features)
 
     def features(self, acts: Activations) -> torch.Tensor:
@@ -308,8 +309,9 @@ def fit_model(top: nn.Module, train: Known, valid: Known, tune: FinetuneConfig, 
     valid_acts, valid_y = valid.both()
     tune = replace(tune, label_smoothing=config.label_smoothing)
     head = fit_logistic_head(mirror_mean(top, train_acts), train_y, mirror_mean(top, valid_acts), valid_y, Cs)
-    top, linear, _ = fit_top(top, head.linear, train_acts, train_y, valid_acts, valid_y, tune, outliers)
+    top, linear, history = fit_top(top, head.linear, train_acts, train_y, valid_acts, valid_y, tune, outliers)
     fitted = _scored(top, linear, train_acts, train_y, config, C=head.C)
+    fitted.best_epoch = history.best_epoch
     fitted.temperature = fit_temperature(linear(fitted.features(valid_acts)), valid_y)
     return fitted
 
@@ -467,12 +469,14 @@ def refit_rule(rule, model: Fitted):
     """`rule` (an `export.OpenSetRule` fitted with validation held out) for `model` refitted on the
     training and validation photos (`refit_model`): its method, temperature and threshold kept, its
     statistics (the knn bank, the class means) read from `model`."""
+    note = {**rule.note, "threshold and temperature from": "the model fitted with validation held out "
+            "(the shipped one is refitted on the training and validation photos)"}
     if rule.method == "knn":
-        return replace(rule, bank=model.knn.bank)
+        return replace(rule, bank=model.knn.bank, note=note)
     if rule.method == "mahalanobis":
         return replace(rule, means=torch.from_numpy(model.mahalanobis.means).float(),
-                       precision=torch.from_numpy(model.mahalanobis.precision).float())
-    return rule
+                       precision=torch.from_numpy(model.mahalanobis.precision).float(), note=note)
+    return replace(rule, note=note)
 
 
 def downscaled(path: Path, size: int):
