@@ -306,8 +306,12 @@ def cross_validate(base_top: nn.Module, cache: ActivationCache, second: Activati
     per_fold = []
     for number, (fit_idx, held) in enumerate(stratified_folds(labels, folds, seed)):
         if share < 1:
-            fit_idx = torch.as_tensor(train_test_split(fit_idx.numpy(), train_size=share, random_state=seed,
-                                                       stratify=labels[fit_idx].numpy())[0])
+            try:
+                fit_idx = torch.as_tensor(train_test_split(fit_idx.numpy(), train_size=share, random_state=seed,
+                                                           stratify=labels[fit_idx].numpy())[0])
+            except ValueError as err:  # a class with one photo in the fold, or too few left over to stratify
+                raise ValueError(f"share {share:g} of fold {number + 1}'s {len(fit_idx)} training photos cannot "
+                                 f"keep every landmark's share ({err})") from err
         acts = Activations.join(photos.subset(fit_idx), thumbs.subset(fit_idx))
         y = torch.cat([labels[fit_idx], labels[fit_idx]])
         top, linear, _ = fit_top(base_top, starting_head(base_top, acts, y, C), acts, y, None, None, tune)
@@ -370,7 +374,10 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.share <= 1:
         parser.error(f"--share must be in (0, 1], got {args.share}")
     if args.json is None:
-        args.json = CV_RECORD if args.share == 1 else CV_RECORD.with_name(f"fusion_cv_share{round(args.share * 100)}.json")
+        percent = args.share * 100
+        if abs(percent - round(percent)) > 1e-9:
+            parser.error(f"--share {args.share:g} is not a whole percent: name the record with --json")
+        args.json = CV_RECORD if args.share == 1 else CV_RECORD.with_name(f"fusion_cv_share{round(percent)}.json")
     landmarks = landmark_data.locate(paths.data_dir(args.data_dir), dataset=args.dataset)
     budget = config_for("full").budget(landmarks.stand_in)
     config, open_config = budget.transfer, budget.open_set
