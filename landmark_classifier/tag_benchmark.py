@@ -63,8 +63,8 @@ class MeasuredRate:
 # these figures: `batch_transform --plan` prices a million photos from them.
 MEASURED_ON = "2026-12-07"
 TAGGER_RATES = (
-    MeasuredRate("the 256-px test photos", "tagger", 55.57, 2),
-    MeasuredRate("phone-sized photos (4032 x 3024 JPEGs)", "tagger_phone", 37.21, 2),
+    MeasuredRate("the 256-px test photos", "tagger", 50.86, 2),
+    MeasuredRate("phone-sized photos (4032 x 3024 JPEGs)", "tagger_phone", 35.47, 2),
 )
 
 

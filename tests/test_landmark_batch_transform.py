@@ -430,13 +430,13 @@ def test_plan_prices_a_million_photos_from_the_dated_batch_transform_price(monke
             "AWS Price List, read 20") in out and aws_pricing.PRICING_PAGE in out
     assert "vCPUs: 4 (the price list's vCpu of ml.c5.xlarge)" in out
     small, phone = tag_benchmark.TAGGER_RATES
-    hours = 1e6 / (55.57 / 2 * 4) / 3600  # the README's figures, worked by hand
-    assert f"{small.photos}: 27.79 photos/s per core (tag_benchmark's tagger, 55.57 photos/s on 2 cores, 2026-12-07): " \
+    hours = 1e6 / (50.86 / 2 * 4) / 3600  # the README's figures, worked by hand
+    assert f"{small.photos}: 25.43 photos/s per core (tag_benchmark's tagger, 50.86 photos/s on 2 cores, 2026-12-07): " \
            f"{hours:.2f} instance-hours per million ({hours / 2:.2f} h on 2 instances), " \
            f"${hours * 0.242:.2f} per million photos" in out
-    hours = 1e6 / (37.21 / 2 * 4) / 3600
-    assert f"{phone.photos}: 18.61 photos/s per core" in out and f"${hours * 0.242:.2f} per million photos" in out
-    assert "$0.60 per million photos" in out and "$0.90 per million photos" in out  # 2.50 h and 3.73 h at $0.242
+    hours = 1e6 / (35.47 / 2 * 4) / 3600
+    assert f"{phone.photos}: 17.73 photos/s per core" in out and f"${hours * 0.242:.2f} per million photos" in out
+    assert "$0.66 per million photos" in out and "$0.95 per million photos" in out  # 2.73 h and 3.92 h at $0.242
 
 
 def test_plan_without_a_price_says_why_and_gives_the_formula(monkeypatch, capsys):
@@ -447,15 +447,15 @@ def test_plan_without_a_price_says_why_and_gives_the_formula(monkeypatch, capsys
         lines = bt.plan("ml.c5.xlarge", 1, REGION, pricing, today="2026-12-07")
     text = "\n".join(lines)
     assert "price: not read (pricing:GetProducts refused: AccessDeniedException: not authorized" in text
-    assert "instance-hours per million = 1,000,000 / (27.79 x vCPUs) / 3600; cost per million = instance-hours x " \
+    assert "instance-hours per million = 1,000,000 / (25.43 x vCPUs) / 3600; cost per million = instance-hours x " \
            "the price per instance-hour" in text and "vCPUs: unknown" in text and aws_pricing.PRICING_PAGE in text
     with Stubber(pricing) as stub:  # hosting's product only: no Batch Transform price, never hosting's in its place
         stub.add_response("get_products", {"FormatVersion": "aws_v1", "PriceList": [
             _price_item("USE1-Host:ml.c5.xlarge", "0.2040000000", "2025-11-01T00:00:00Z")]})
         text = "\n".join(bt.plan("ml.c5.xlarge", 1, REGION, pricing, vcpus=4))
     assert "no on-demand hourly product *-Tsform:ml.c5.xlarge in us-east-1" in text and "$0.2040" not in text
-    assert "vCPUs: 4 (--vcpus)" in text and "2.50 instance-hours per million (2.50 h on 1 instance), cost per " \
-                                             "million = 2.50 x the price per instance-hour" in text
+    assert "vCPUs: 4 (--vcpus)" in text and "2.73 instance-hours per million (2.73 h on 1 instance), cost per " \
+                                             "million = 2.73 x the price per instance-hour" in text
 
     # no credentials anywhere: the command still answers, exit 0, having made only the pricing client
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
@@ -470,7 +470,7 @@ def test_plan_without_a_price_says_why_and_gives_the_formula(monkeypatch, capsys
     assert bt.main([*PLAN, "--region", REGION]) == 0
     out = capsys.readouterr().out
     assert "price: not read (no AWS credentials to call pricing:GetProducts" in out and made == ["pricing"]
-    assert "(18.61 x vCPUs) / 3600" in out
+    assert "(17.73 x vCPUs) / 3600" in out
 
 
 def test_the_measured_rates_are_the_readmes_run_of_record():
