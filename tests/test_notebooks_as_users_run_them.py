@@ -175,6 +175,10 @@ def test_landmark_notebooks_in_order(clone_as_user):
     exported = folder / "models"
     assert (exported / "landmark_predictor.onnx").is_file() and (exported / "landmark_predictor.pt").is_file()
     assert metrics["transfer"]["predictor"]["metadata"]["training_run"]["profile"] == "tiny"
+    # the file holds the model refitted on the training and validation photos, its rule says so
+    assert summary["refit: photos"] == summary["refit: with thumbnails"] / 2 > 0
+    assert "refitted on the training and validation photos" in summary["transfer learning model"]
+    assert "held out" in metrics["open_set"]["rule"]["threshold and temperature from"]
     # the reported test accuracy is the shipped file's, through predictor.py
     from landmark_classifier.src import data, evaluate, predictor
 
