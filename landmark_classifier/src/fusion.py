@@ -198,7 +198,9 @@ def _named(base: openset.Fitted, cache: ActivationCache, second: ActivationCache
         return Fused(base, cache, None, bank_head(base, bank_tau), 1.0, {"bank tau": bank_tau})
     draft = Fused(base, cache, second, base.head, 1.0)
     (tx, ty), (vx, vy) = train, valid
-    head = fit_logistic_head(draft.features(tx), ty, draft.features(vx), vy, Cs)
+    train_features = draft.features(tx)
+    valid_features = train_features if vx is tx else draft.features(vx)  # the refit passes one set as both
+    head = fit_logistic_head(train_features, ty, valid_features, vy, Cs)
     named = Fused(base, cache, second, head.linear, 1.0,
                   {"C": head.C, "validation accuracy by C (photos and thumbnails)": head.searched})
     if bank_tau is not None:
